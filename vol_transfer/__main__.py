@@ -1,0 +1,5 @@
+import sys
+
+from vol_transfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``vol-transfer`` subcommand; each defines ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""vol_transfer.evaluation"""

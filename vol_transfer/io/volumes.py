@@ -1,0 +1,272 @@
+"""Volumes in one in-memory form: a channels-first array plus its geometry.
+
+NIfTI (.nii, .nii.gz) is read with nibabel; MHA/NRRD/NRRD-like files with SimpleITK. Whatever
+the file, the array is ``(C, X, Y, Z)`` in the file's voxel order and ``affine`` maps voxel
+indices to RAS+ world millimetres (nibabel's convention), so one affine serves both readers.
+
+Example:
+    >>> flair_t1c = load_channels(["Flair.nii.gz", "T1c.nii.gz"])   # doctest: +SKIP
+    >>> flair_t1c.array.shape, flair_t1c.axcodes                     # doctest: +SKIP
+    ((2, 240, 240, 155), ('L', 'P', 'S'))
+    >>> save_volume(prediction, "seg.nii.gz", reference=flair_t1c)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from vol_transfer.errors import InputDataError, PathLike
+from vol_transfer.io.atomic import atomic_path, refuse_to_overwrite
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+AFFINE_TOLERANCE = 1e-3  # mm; headers written by different tools differ in float rounding
+
+# ITK's physical space is LPS; nibabel's is RAS: flip the first two world axes.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A channels-first image and its geometry.
+
+    Attributes:
+        array: ``(C, X, Y, Z)`` voxel data.
+        affine: 4×4 voxel → RAS+ world (mm) matrix.
+        paths: the file(s) it was read from, one per channel (empty if made in memory).
+        header: the source NIfTI header (kept so saving can reuse codes and units), or None.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    paths: tuple[Path, ...] = ()
+    header: Any = None
+    channel_names: tuple[str, ...] = field(default=())
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape[1:4])  # type: ignore[return-value]
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        return str(self.paths[0]) if self.paths else "<in-memory volume>"
+
+
+def is_nifti(path: PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_itk(path: PathLike) -> bool:
+    return str(path).lower().endswith(ITK_SUFFIXES)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputDataError(
+            path, f"cannot read NIfTI ({type(exc).__name__}: {exc}); the file is corrupt or truncated",
+            "re-download or re-export the file",
+        ) from None
+    return data, image.affine.copy(), image.header.copy()
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise InputDataError(path, f"cannot read image ({first_line})", "re-export the file") from None
+    data = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C])
+    spatial_dims = image.GetDimension()
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        data = np.moveaxis(data, -1, 0)  # components first
+        data = np.transpose(data, (0, *range(spatial_dims, 0, -1)))
+    else:
+        data = np.transpose(data, tuple(range(spatial_dims - 1, -1, -1)))
+    return data, itk_geometry_to_affine(image), None
+
+
+def itk_geometry_to_affine(image: Any) -> np.ndarray:
+    """RAS+ affine of a 3D SimpleITK image (its direction/spacing/origin are LPS)."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing
+    lps[:3, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def _as_channels_first(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.ndim == 3:
+        return data[np.newaxis]
+    if data.ndim == 4:
+        return np.moveaxis(data, -1, 0)  # NIfTI stores extra components last
+    if data.ndim == 5 and data.shape[3] == 1:
+        return np.moveaxis(data[:, :, :, 0, :], -1, 0)
+    raise InputDataError(path, f"has {data.ndim} dimensions {data.shape}; expected a 3D volume", "pass a 3D image")
+
+
+def check_finite(array: np.ndarray, where: PathLike) -> None:
+    """Raise if ``array`` holds NaN or infinite values."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputDataError(
+                where, f"contains {bad} NaN/Inf voxels",
+                "replace them (e.g. with 0) or mask them before use",
+            )
+
+
+def load_volume(path: PathLike, *, dtype: np.dtype | type | None = None, allow_nonfinite: bool = False) -> Volume:
+    """Read one image file into a channels-first :class:`Volume`.
+
+    Raises :class:`InputDataError` (one line, naming the file) for missing, corrupt or truncated
+    files, unsupported formats, non-3D data and NaN/Inf voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "file not found", "check the path (and --data-root)")
+    if is_nifti(path):
+        data, affine, header = _read_nifti(path)
+    elif is_itk(path):
+        data, affine, header = _read_itk(path)
+    else:
+        raise InputDataError(
+            path, "unsupported file type", f"use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)} (or a DICOM folder)"
+        )
+    array = _as_channels_first(np.asarray(data), path)
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    if not allow_nonfinite:
+        check_finite(array, path)
+    return Volume(array=array, affine=affine, paths=(path,), header=header)
+
+
+def same_geometry(a: np.ndarray, b: np.ndarray, tolerance: float = AFFINE_TOLERANCE) -> bool:
+    """True if two affines agree within ``tolerance`` (mm)."""
+    return bool(np.allclose(a, b, atol=tolerance))
+
+
+def check_same_grid(reference: Volume, other: Volume, what: str = "image") -> None:
+    """Raise if ``other`` is not on ``reference``'s voxel grid (shape and affine)."""
+    if other.spatial_shape != reference.spatial_shape:
+        raise InputDataError(
+            other.name,
+            f"{what} shape {other.spatial_shape} differs from {reference.name} {reference.spatial_shape}",
+            "resample both onto one grid before use",
+        )
+    if not same_geometry(other.affine, reference.affine):
+        worst = float(np.abs(other.affine - reference.affine).max())
+        raise InputDataError(
+            other.name,
+            f"{what} affine differs from {reference.name} by up to {worst:.4g} mm",
+            "resample or re-register so both share one affine",
+        )
+
+
+def load_channels(
+    paths: Sequence[PathLike], *, names: Sequence[str] = (), dtype: np.dtype | type | None = np.float32
+) -> Volume:
+    """Stack one file per channel into a multi-channel :class:`Volume`, checking the grids agree."""
+    if not paths:
+        raise InputDataError("<channels>", "no channel files given", "list at least one image file")
+    volumes = [load_volume(p, dtype=dtype) for p in paths]
+    for other in volumes[1:]:
+        check_same_grid(volumes[0], other, "channel")
+    array = np.concatenate([v.array for v in volumes], axis=0)
+    return Volume(
+        array=array,
+        affine=volumes[0].affine,
+        paths=tuple(v.paths[0] for v in volumes),
+        header=volumes[0].header,
+        channel_names=tuple(names),
+    )
+
+
+def _nifti_image(array: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1Image:
+    if header is not None and isinstance(header, nib.Nifti1Header):
+        header = header.copy()
+        header.set_data_dtype(array.dtype)
+        header.set_slope_inter(None, None)  # our values are final, never rescale them again
+    image = nib.Nifti1Image(array, affine, header=header if isinstance(header, nib.Nifti1Header) else None)
+    # Make both qform and sform carry the same affine so every reader (ITK reads the qform
+    # first, nibabel the sform) sees the same geometry.
+    sform_code = int(header["sform_code"]) if isinstance(header, nib.Nifti1Header) and header["sform_code"] > 0 else 1
+    qform_code = int(header["qform_code"]) if isinstance(header, nib.Nifti1Header) and header["qform_code"] > 0 else sform_code
+    image.set_sform(affine, code=sform_code)
+    image.set_qform(affine, code=qform_code)
+    return image
+
+
+def save_volume(
+    array: np.ndarray,
+    path: PathLike,
+    *,
+    reference: Volume | None = None,
+    affine: np.ndarray | None = None,
+    dtype: np.dtype | type | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``array`` (``(X,Y,Z)`` or ``(C,X,Y,Z)``) with the reference's geometry, atomically.
+
+    The output never replaces one of the reference's input files. NIfTI outputs keep the
+    reference header's codes and units; MHA/NRRD outputs get the equivalent LPS geometry.
+    """
+    path = Path(path)
+    if reference is None and affine is None:
+        raise ValueError("save_volume needs a reference volume or an affine")
+    geometry = np.asarray(affine if affine is not None else reference.affine, dtype=float)  # type: ignore[union-attr]
+    refuse_to_overwrite(path, reference.paths if reference is not None else (), overwrite=overwrite)
+    data = np.asarray(array)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    if data.ndim == 4:
+        data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+    if is_nifti(path):
+        header = reference.header if reference is not None else None
+        image = _nifti_image(data, geometry, header)
+        with atomic_path(path) as tmp:
+            nib.save(image, str(tmp))
+    elif is_itk(path):
+        _save_itk(data, geometry, path)
+    else:
+        raise InputDataError(path, "unsupported output type", f"use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}")
+    return path
+
+
+def _save_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    import SimpleITK as sitk
+
+    vector = data.ndim == 4
+    zyx = np.transpose(data, (2, 1, 0, 3) if vector else (2, 1, 0))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(zyx), isVector=vector)
+    lps = _LPS_TO_RAS @ affine
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(d) for d in (lps[:3, :3] / spacing).ravel()))
+    image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
