@@ -1,0 +1,1 @@
+"""Public datasets: where to get them and how to download them safely."""
