@@ -1,0 +1,50 @@
+"""Study reports: tables in the study's layout, time-to-threshold, files written."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+from vol_transfer.studies.report import ablation_table, size_table, write_report
+from vol_transfer.studies.results import ArmResult, CurvePoint, smooth
+
+
+def _arm(name: str, dice: float, subset: str = "", size: int = 0, seed: int = 0) -> ArmResult:
+    curve = [CurvePoint(i * 100, i * 60.0, 1.0 - 0.1 * i, 1.0 - 0.1 * i, 0.1 * i) for i in range(6)]
+    return ArmResult(name, subset, size, seed, 400, {"train": [dice + 0.1, dice + 0.1], "test": [dice - 0.05, dice + 0.05]}, curve, 1.5, 360.0)
+
+
+def test_ablation_table_means_and_seed_spread() -> None:
+    table = ablation_table([_arm("scratch", 0.5), _arm("model_1", 0.6, seed=0), _arm("model_1", 0.7, seed=1)], ["train", "test"])
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert "0.6000" in rows["scratch"] and "0.5000" in rows["scratch"]
+    assert "0.6500 ± 0.0707" in rows["model_1"]  # test means 0.6 and 0.7 over two seeds
+
+
+def test_size_table_has_one_row_per_subset_with_iterations() -> None:
+    table = size_table([_arm("scratch", 0.4, "S1", 26), _arm("scratch", 0.5, "S2", 52), _arm("model_1", 0.45, "S1", 26)])
+    lines = table.splitlines()
+    assert lines[2].startswith("| S1 (26) | 0.4000 (400) | 0.4500 (400)")
+    assert lines[3].startswith("| S2 (52) | 0.5000 (400) | –")
+
+
+def test_time_to_threshold_is_first_crossing() -> None:
+    assert _arm("a", 0.5).time_to_threshold(0.25) == (300, 180.0)
+    assert _arm("a", 0.5).time_to_threshold(0.9) is None
+
+
+def test_smoothing_skips_nan_and_is_debiased() -> None:
+    values = smooth([1.0, math.nan, 1.0, 1.0])
+    assert math.isnan(values[1]) and values[0] == values[2] == 1.0
+
+
+def test_write_report_writes_markdown_csv_and_plots(tmp_path) -> None:
+    results = [_arm("scratch", 0.4, "S1", 26), _arm("model_1", 0.5, "S1", 26)]
+    report = write_report(results, tmp_path, title="Data size", kind="dataset_size", threshold=0.3)
+    text = report.read_text()
+    assert "# Data size" in text and "dice_vs_size.png" in text
+    for name in ("loss_curves.png", "dice_box_test.png", "dice_vs_size.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {(r["arm"], r["split"]) for r in rows} == {("scratch", "train"), ("scratch", "test"), ("model_1", "train"), ("model_1", "test")}
+    assert rows[0]["iterations_to_threshold"] == "300"

@@ -1,0 +1,228 @@
+"""A study's report: tables in the study's layout, plots, ``report.md`` and ``results.csv``.
+
+Example:
+    >>> write_report(results, "runs/ablation", title="Freezing ablation")   # doctest: +SKIP
+    PosixPath('runs/ablation/report.md')
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vol_transfer.io.atomic import atomic_path, atomic_write_text
+from vol_transfer.studies.results import ArmResult, smooth
+
+SPLITS = ("train", "validation", "test")
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def _arm_order(results: Sequence[ArmResult]) -> list[str]:
+    seen: list[str] = []
+    for result in results:
+        if result.name not in seen:
+            seen.append(result.name)
+    return seen
+
+
+def ablation_table(results: Sequence[ArmResult], splits: Sequence[str] = SPLITS) -> str:
+    """Mean Dice per arm and split (± SD over seeds when there are several), markdown."""
+    by_arm: dict[str, list[ArmResult]] = defaultdict(list)
+    for result in results:
+        by_arm[result.name].append(result)
+    lines = ["| arm | " + " | ".join(splits) + " | best iteration |", "|---" * (len(splits) + 2) + "|"]
+    for arm in _arm_order(results):
+        runs = by_arm[arm]
+        cells = [_mean_sd([r.mean_dice(s) for r in runs]) for s in splits]
+        iterations = ", ".join(str(r.best_iteration) for r in runs)
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {iterations} |")
+    return "\n".join(lines)
+
+
+def size_table(results: Sequence[ArmResult], split: str = "test") -> str:
+    """Per subset (rows) and arm (columns): Dice on ``split`` and the chosen iteration, markdown."""
+    arms = _arm_order(results)
+    subsets: dict[str, int] = {}
+    cell: dict[tuple[str, str], list[ArmResult]] = defaultdict(list)
+    for result in results:
+        subsets.setdefault(result.subset, result.subset_size)
+        cell[(result.subset, result.name)].append(result)
+    lines = ["| subset (cases) | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for subset, size in subsets.items():
+        row = []
+        for arm in arms:
+            runs = cell.get((subset, arm), [])
+            if not runs:
+                row.append("–")
+                continue
+            iterations = "/".join(str(r.best_iteration) for r in runs)
+            row.append(f"{_mean_sd([r.mean_dice(split) for r in runs])} ({iterations})")
+        lines.append(f"| {subset} ({size}) | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def timing_table(results: Sequence[ArmResult], threshold: float) -> str:
+    """Step time, wall time and time-to-threshold per run, markdown."""
+    lines = [
+        f"| arm | subset | seed | step time (s) | wall time (min) | iterations to val Dice ≥ {threshold} | minutes to it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        reached = result.time_to_threshold(threshold)
+        iterations, minutes = (str(reached[0]), f"{reached[1] / 60:.1f}") if reached else ("not reached", "–")
+        lines.append(
+            f"| {result.name} | {result.subset or '–'} | {result.seed} | {_fmt(result.step_time, 3)} | "
+            f"{_fmt(result.wall_time / 60, 1)} | {iterations} | {minutes} |"
+        )
+    return "\n".join(lines)
+
+
+def results_csv(results: Sequence[ArmResult], threshold: float) -> str:
+    """Every number of the study, one row per run and split."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([
+        "arm", "subset", "subset_size", "seed", "split", "mean_dice", "sd_dice", "n_subjects", "best_iteration",
+        "step_time_s", "wall_time_s", "iterations_to_threshold", "seconds_to_threshold", "threshold",
+    ])
+    for result in results:
+        reached = result.time_to_threshold(threshold) or ("", "")
+        for split, values in result.dice.items():
+            writer.writerow([
+                result.name, result.subset, result.subset_size, result.seed, split,
+                _fmt(result.mean_dice(split), 6), _fmt(float(np.std(values)) if values else math.nan, 6), len(values),
+                result.best_iteration, _fmt(result.step_time, 4), _fmt(result.wall_time, 1), reached[0],
+                "" if reached[1] == "" else f"{reached[1]:.1f}", threshold,
+            ])
+    return buffer.getvalue()
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_loss_curves(results: Sequence[ArmResult], path: Path, weight: float = 0.9) -> Path:
+    """Smoothed train (solid) and validation (dashed) loss per run on one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, result in enumerate(results):
+        colour = colours[index % len(colours)]
+        label = result.name + (f" {result.subset}" if result.subset else "") + (f" s{result.seed}" if result.seed else "")
+        iterations = [p.iteration for p in result.curve]
+        train = smooth([p.train_loss for p in result.curve], weight)
+        axis.plot(iterations, train, color=colour, label=f"{label} train")
+        val_points = [(p.iteration, p.val_loss) for p in result.curve if not math.isnan(p.val_loss)]
+        if val_points:
+            xs, ys = zip(*val_points)
+            axis.plot(xs, smooth(list(ys), 0.5), color=colour, linestyle="--", label=f"{label} validation")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("loss (smoothed)")
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    _save_figure(figure, path)
+    return path
+
+
+def plot_dice_boxes(results: Sequence[ArmResult], split: str, path: Path) -> Path:
+    """Per-subject Dice on ``split`` as one box per arm (seeds pooled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = _arm_order(results)
+    data = [[d for r in results if r.name == arm for d in r.dice.get(split, [])] for arm in arms]
+    figure, axis = plt.subplots(figsize=(1.2 * len(arms) + 2, 4))
+    axis.boxplot(data, showmeans=True)
+    axis.set_xticks(range(1, len(arms) + 1), arms)
+    axis.set_ylabel(f"Dice ({split})")
+    axis.set_ylim(0, 1)
+    axis.grid(axis="y", alpha=0.3)
+    _save_figure(figure, path)
+    return path
+
+
+def plot_dice_vs_size(results: Sequence[ArmResult], split: str, path: Path) -> Path:
+    """Mean Dice on ``split`` against training-set size, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for arm in _arm_order(results):
+        points: dict[int, list[float]] = defaultdict(list)
+        for result in results:
+            if result.name == arm:
+                points[result.subset_size].append(result.mean_dice(split))
+        sizes = sorted(points)
+        axis.plot(sizes, [np.nanmean(points[s]) for s in sizes], marker="o", label=arm)
+    axis.set_xlabel("training cases")
+    axis.set_ylabel(f"mean Dice ({split})")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    _save_figure(figure, path)
+    return path
+
+
+def write_report(
+    results: Sequence[ArmResult],
+    folder: str | Path,
+    *,
+    title: str,
+    kind: str,
+    threshold: float = 0.4,
+    notes: str = "",
+    reference_table: str = "",
+) -> Path:
+    """Write ``report.md``, ``results.csv`` and the PNGs into ``folder``; return the report path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = [s for s in SPLITS if any(s in r.dice for r in results)]
+    sections = [f"# {title}", ""]
+    if notes:
+        sections += [notes, ""]
+    if kind == "dataset_size":
+        for split in splits:
+            sections += [f"## Dice on {split} (iteration of the chosen checkpoint)", "", size_table(results, split), ""]
+        plot_dice_vs_size(results, splits[-1] if splits else "test", folder / "dice_vs_size.png")
+        sections += ["![Dice vs training-set size](dice_vs_size.png)", ""]
+    else:
+        sections += ["## Mean Dice per arm", "", ablation_table(results, splits), ""]
+    if reference_table:
+        sections += ["## The study's numbers (REFERENCE.md)", "", reference_table, ""]
+    sections += ["## Time", "", timing_table(results, threshold), ""]
+    plot_loss_curves(results, folder / "loss_curves.png")
+    sections += ["![Smoothed loss curves](loss_curves.png)", ""]
+    for split in splits:
+        plot_dice_boxes(results, split, folder / f"dice_box_{split}.png")
+        sections += [f"![Dice per arm, {split}](dice_box_{split}.png)", ""]
+    atomic_write_text(folder / "results.csv", results_csv(results, threshold))
+    return atomic_write_text(folder / "report.md", "\n".join(sections))

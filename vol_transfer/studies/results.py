@@ -1,0 +1,76 @@
+"""What one study arm produced, in one plain form the report reads.
+
+Example:
+    >>> arm = ArmResult(name="model_1", dice={"test": [0.5, 0.6]}, best_iteration=500)
+    >>> round(arm.mean_dice("test"), 3)
+    0.55
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CurvePoint:
+    """One logged point of a training run."""
+
+    iteration: int
+    wall_time: float  # seconds since the run started
+    train_loss: float = math.nan
+    val_loss: float = math.nan
+    val_dice: float = math.nan
+
+
+@dataclass
+class ArmResult:
+    """One arm (a training run) of a study.
+
+    Attributes:
+        name: the arm, e.g. ``scratch`` or ``model_2``.
+        subset: the training subset's name (``S1`` …) for data-size studies, else ``""``.
+        subset_size: number of training cases used.
+        seed: the run's seed.
+        best_iteration: iteration of the checkpoint chosen on validation Dice.
+        dice: split → per-subject mean foreground Dice of the chosen checkpoint.
+        curve: the logged training curve.
+        step_time: mean seconds per training iteration.
+        wall_time: seconds the whole run took.
+    """
+
+    name: str
+    subset: str = ""
+    subset_size: int = 0
+    seed: int = 0
+    best_iteration: int = 0
+    dice: dict[str, list[float]] = field(default_factory=dict)
+    curve: list[CurvePoint] = field(default_factory=list)
+    step_time: float = math.nan
+    wall_time: float = math.nan
+
+    def mean_dice(self, split: str) -> float:
+        values = self.dice.get(split, [])
+        return float(np.mean(values)) if values else math.nan
+
+    def time_to_threshold(self, threshold: float) -> tuple[int, float] | None:
+        """(iteration, wall seconds) when validation Dice first reached ``threshold``, else None."""
+        for point in self.curve:
+            if not math.isnan(point.val_dice) and point.val_dice >= threshold:
+                return point.iteration, point.wall_time
+        return None
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average that skips NaNs (TensorBoard-style smoothing, debiased)."""
+    out, average, norm = [], 0.0, 0.0
+    for value in values:
+        if math.isnan(value):
+            out.append(math.nan)
+            continue
+        average = weight * average + (1 - weight) * value
+        norm = weight * norm + (1 - weight)
+        out.append(average / norm)
+    return out
