@@ -23,6 +23,12 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes) if path.suffixes else ""
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto ``target``."""
@@ -33,6 +39,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     )
     os.close(handle)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)

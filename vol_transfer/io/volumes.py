@@ -79,13 +79,48 @@ def is_itk(path: PathLike) -> bool:
     return str(path).lower().endswith(ITK_SUFFIXES)
 
 
+def _gunzip_verified(path: Path) -> bytes:
+    """Decompress a whole .gz file, checking its CRC and length trailer.
+
+    nibabel stops reading once it has the voxels it needs and so never sees the gzip trailer: a
+    flipped bit in the compressed data then loads as silently wrong voxels. Reading to the end
+    costs no extra decompression (the voxels are the end of the file) and catches it.
+    """
+    compressed = path.read_bytes()
+    if not compressed:
+        raise EOFError("the file is empty")
+    if compressed[:2] != b"\x1f\x8b":
+        raise ValueError("not gzip-compressed although named .gz")
+    chunks: list[bytes] = []
+    while compressed:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper: header + CRC32/ISIZE check
+        chunks.append(inflater.decompress(compressed))
+        if not inflater.eof:
+            raise EOFError("compressed data ends before the gzip end-of-stream marker (truncated file)")
+        compressed = inflater.unused_data  # a further gzip member, if any
+    return b"".join(chunks)
+
+
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
+    header_size = int(np.frombuffer(raw[:4], dtype="<i4")[0]) if len(raw) >= 4 else 0
+    if header_size in (540, 540 << 24):  # NIfTI-2, either byte order
+        return nib.Nifti2Image.from_bytes(raw)
+    return nib.Nifti1Image.from_bytes(raw)
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     try:
-        image = nib.load(str(path))
+        if path.name.lower().endswith(".gz"):
+            image = _nifti_from_bytes(_gunzip_verified(path))
+        else:
+            image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "incorrect data check" in reason:
+            reason = "gzip CRC check failed: the compressed voxels are damaged"
         raise InputDataError(
-            path, f"cannot read NIfTI ({type(exc).__name__}: {exc}); the file is corrupt or truncated",
+            path, f"cannot read NIfTI ({reason}); the file is corrupt or truncated",
             "re-download or re-export the file",
         ) from None
     return data, image.affine.copy(), image.header.copy()
@@ -102,20 +137,21 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     data = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C])
     spatial_dims = image.GetDimension()
     if image.GetNumberOfComponentsPerPixel() > 1:
-        data = np.moveaxis(data, -1, 0)  # components first
-        data = np.transpose(data, (0, *range(spatial_dims, 0, -1)))
+        # (Z, Y, X, C) → (X, Y, Z, C): the NIfTI layout, so _as_channels_first treats both alike
+        data = np.transpose(data, (*range(spatial_dims - 1, -1, -1), spatial_dims))
     else:
         data = np.transpose(data, tuple(range(spatial_dims - 1, -1, -1)))
     return data, itk_geometry_to_affine(image), None
 
 
 def itk_geometry_to_affine(image: Any) -> np.ndarray:
-    """RAS+ affine of a 3D SimpleITK image (its direction/spacing/origin are LPS)."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    """RAS+ affine of a 3D (or 3D + channels) SimpleITK image or file reader; ITK's geometry is LPS."""
+    dims = len(image.GetSpacing())  # 4 for a 4D NIfTI (channels as a 4th axis): keep the spatial part
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dims, dims)[:3, :3]
+    spacing = np.asarray(image.GetSpacing(), dtype=float)[:3]
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing
-    lps[:3, 3] = image.GetOrigin()
+    lps[:3, 3] = np.asarray(image.GetOrigin(), dtype=float)[:3]
     return _LPS_TO_RAS @ lps
 
 
@@ -206,6 +242,24 @@ def load_channels(
     )
 
 
+def load_label(path: PathLike, reference: Volume | None = None) -> Volume:
+    """Read a label map as integers (``int64``), checking it lies on ``reference``'s grid.
+
+    Float-stored labels (common in BraTS) are accepted when every value is a whole number.
+    """
+    label = load_volume(path)
+    values = label.array
+    if not np.issubdtype(values.dtype, np.integer):
+        if np.any(values != np.round(values)):
+            raise InputDataError(path, "label map holds non-integer values", "pass the label map, not an image")
+    label.array = values.astype(np.int64, copy=False)
+    if label.num_channels != 1:
+        raise InputDataError(path, f"label map has {label.num_channels} channels", "pass a single-channel label map")
+    if reference is not None:
+        check_same_grid(reference, label, "label")
+    return label
+
+
 def _nifti_image(array: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1Image:
     if header is not None and isinstance(header, nib.Nifti1Header):
         header = header.copy()
@@ -250,11 +304,38 @@ def save_volume(
         image = _nifti_image(data, geometry, header)
         with atomic_path(path) as tmp:
             nib.save(image, str(tmp))
+            _check_itk_reads_same_geometry(tmp, geometry, data.shape[:3], path)
     elif is_itk(path):
         _save_itk(data, geometry, path)
     else:
         raise InputDataError(path, "unsupported output type", f"use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}")
     return path
+
+
+def _check_itk_reads_same_geometry(written: Path, affine: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a NIfTI whose geometry ITK would read differently from nibabel (a sheared affine).
+
+    nibabel reads the sform; ITK falls back to the qform, which cannot hold shear, when the sform
+    is not orthonormal. Reading the written header back (no voxels) is the only sure test.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(written))
+    reader.ReadImageInformation()
+    if len(reader.GetSpacing()) < 3 or len(shape) < 3:
+        return  # 2D: no third axis to disagree about
+    itk_affine = itk_geometry_to_affine(reader)
+    corners = np.array([[i, j, k, 1] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
+    corners[:, :3] *= np.maximum(np.asarray(shape, dtype=float) - 1, 0)
+    drift = float(np.abs((itk_affine - affine) @ corners.T).max())
+    if drift > AFFINE_TOLERANCE:
+        raise InputDataError(
+            path,
+            f"affine is sheared (non-orthogonal), so ITK-based tools would place voxels up to {drift:.3g} mm "
+            "away from where nibabel puts them",
+            "resample onto an orthogonal grid first, or save as .mha/.nrrd",
+        )
 
 
 def _save_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:

@@ -1,0 +1,208 @@
+"""A study recipe and the arms it expands to: each arm is an ordinary ``vol-transfer train`` run.
+
+A study recipe (``task: study``) names one target recipe (the fine-tuning recipe, with
+``transfer.source`` set) and the arms to train from it. Built-in arm names:
+
+- ``scratch``: no transfer (``transfer.source=null``), same everything else;
+- ``finetune``: transfer, nothing frozen;
+- ``model_k`` (k = 1…5): the study's "model k", the first k layer groups frozen;
+- ``gradual_k_N``: the first k groups frozen until iteration N, then all trained;
+- ``discriminative_F``: nothing frozen, learning rate × F per group toward the input.
+
+Any other arm is given as ``{name: ..., set: [key=value, ...]}``. A ``dataset_size`` study trains
+every arm on each nested subset S1 ⊂ S2 ⊂ … of the training split (written as subset manifests).
+
+Example:
+    >>> arm_overrides("model_3")
+    ['transfer.freeze_groups=3']
+    >>> arm_overrides("scratch")
+    ['transfer.source=null', 'transfer.channel_adaptation=null', 'transfer.freeze_groups=0']
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from vol_transfer.errors import RecipeError
+from vol_transfer.io.atomic import atomic_path, atomic_write_text
+from vol_transfer.recipes import option, register_task
+from vol_transfer.studies.subsets import nested_subsets
+
+DEFAULT_ABLATION_ARMS = ["scratch", "model_1", "model_2", "model_3", "model_4", "model_5"]
+
+
+@dataclass
+class CustomArm:
+    """An arm defined by its own recipe overrides."""
+
+    name: str
+    set: list[str] = option(default_factory=list)
+
+
+@dataclass
+class StudyConfig:
+    """A ``task: study`` recipe."""
+
+    kind: Literal["freeze_ablation", "dataset_size"]
+    recipe: Path  # the target (fine-tuning) recipe every arm starts from
+    arms: list[Union[str, CustomArm]] = option(list(DEFAULT_ABLATION_ARMS), min_len=1)
+    seeds: list[int] = option([0], min_len=1)
+    subsets: Optional[list[float]] = option(None, gt=0, min_len=1)  # counts ≥ 1 or fractions ≤ 1
+    subset_seed: int = 0
+    set: list[str] = option(default_factory=list)  # overrides applied to every arm
+    parallel: int = option(1, ge=1)  # arms trained at once (processes on this machine)
+    threads_per_arm: Optional[int] = option(None, ge=1)
+    evaluate_splits: list[str] = option(["train", "validation", "test"], min_len=1)
+    threshold: float = option(0.4, gt=0, le=1)  # validation Dice for the time-to-threshold column
+    title: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.kind == "dataset_size" and not self.subsets:
+            raise RecipeError(f"{where}.subsets" if where else "subsets", "a dataset_size study needs subsets",
+                              "list sizes, e.g. subsets: [26, 52, 79, 105] or [0.25, 0.5, 0.75, 1.0]")
+        for arm in self.arms:
+            name = arm.name if isinstance(arm, CustomArm) else arm
+            if not isinstance(arm, CustomArm):
+                arm_overrides(name)  # raises for unknown names
+        names = [a.name if isinstance(a, CustomArm) else a for a in self.arms]
+        if len(set(names)) != len(names):
+            raise RecipeError("arms", f"arm names repeat: {names}", "give every arm a distinct name")
+
+
+def arm_overrides(name: str) -> list[str]:
+    """The recipe overrides that make a built-in arm."""
+    if name == "scratch":
+        return ["transfer.source=null", "transfer.channel_adaptation=null", "transfer.freeze_groups=0"]
+    if name == "finetune":
+        return ["transfer.freeze_groups=0"]
+    if match := re.fullmatch(r"model_(\d+)", name):
+        return [f"transfer.freeze_groups={int(match.group(1))}"]
+    if match := re.fullmatch(r"gradual_(\d+)_(\d+)", name):
+        return [f"transfer.freeze_groups={int(match.group(1))}", f"transfer.unfreeze_at={int(match.group(2))}"]
+    if match := re.fullmatch(r"discriminative_(0?\.\d+|1(\.0*)?)", name):
+        return ["transfer.freeze_groups=0", f"transfer.lr_decay={float(match.group(1))}"]
+    raise RecipeError(
+        "arms", f"unknown arm {name!r}",
+        "use scratch, finetune, model_K, gradual_K_ITER, discriminative_F, or {name: ..., set: [key=value]}",
+    )
+
+
+@dataclass
+class Arm:
+    """One training run of a study."""
+
+    name: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    subset: str = ""
+    subset_size: int = 0
+
+    @property
+    def label(self) -> str:
+        return "/".join(p for p in (self.subset, self.name, f"seed{self.seed}") if p)
+
+    def command(self, recipe: Path, data_root: Path | None = None) -> list[str]:
+        """The standalone ``vol-transfer train`` command line of this arm (resumes if interrupted)."""
+        command = [sys.executable, "-m", "vol_transfer", "train", str(recipe), "--run-dir", str(self.run_dir)]
+        if data_root is not None:
+            command += ["--data-root", str(data_root)]
+        for override in self.overrides:
+            command += ["--set", override]
+        return command
+
+
+def shell_line(command: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in command)
+
+
+def write_subset_manifests(
+    manifest_path: Path, train_split: str, sizes: list[float], seed: int, folder: Path
+) -> list[tuple[str, Path, list[str]]]:
+    """Write one manifest per nested subset (all non-training rows kept); return (name, path, ids).
+
+    The nesting is recorded in ``subsets.json`` beside them.
+    """
+    with open(manifest_path, newline="") as handle:
+        lines = handle.read().splitlines()
+    comments = [line for line in lines if line.startswith("#")]
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    if not rows:
+        raise RecipeError(manifest_path, "manifest has no rows", "point the target recipe at a non-empty manifest")
+    train_ids = [r["subject_id"] for r in rows if r["split"] == train_split]
+    subsets = nested_subsets(train_ids, [int(s) if float(s).is_integer() and s >= 1 else s for s in sizes], seed)
+    written = []
+    for index, ids in enumerate(subsets, start=1):
+        name = f"S{index}"
+        keep = set(ids)
+        path = folder / f"{name}.csv"
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            for comment in comments:
+                handle.write(comment + "\n")
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["split"] != train_split or r["subject_id"] in keep)
+        written.append((name, path, ids))
+    record = {name: ids for name, _, ids in written}
+    atomic_write_text(folder / "subsets.json", json.dumps({"seed": seed, "subsets": record}, indent=1) + "\n")
+    return written
+
+
+@dataclass
+class StudyPlan:
+    """Every arm of a study, with its run folder under the study folder."""
+
+    config: StudyConfig
+    folder: Path
+    arms: list[Arm] = field(default_factory=list)
+
+
+def _arm_list(config: StudyConfig) -> list[tuple[str, list[str]]]:
+    out = []
+    for arm in config.arms:
+        if isinstance(arm, CustomArm):
+            out.append((arm.name, list(arm.set)))
+        else:
+            out.append((arm, arm_overrides(arm)))
+    return out
+
+
+def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_split: str = "train") -> StudyPlan:
+    """Expand a study into arms; a dataset-size study also writes its subset manifests."""
+    folder = Path(folder)
+    plan = StudyPlan(config, folder)
+    base = list(config.set)
+    if config.threads_per_arm:
+        base.append(f"training.threads={config.threads_per_arm}")
+    if config.kind == "dataset_size":
+        if manifest is None:
+            raise RecipeError("recipe", "the target recipe names no data.manifest", "set data.manifest in it")
+        subsets = write_subset_manifests(manifest, train_split, list(config.subsets or []), config.subset_seed,
+                                         folder / "subsets")
+    else:
+        subsets = [("", None, [])]
+    for subset_name, subset_manifest, ids in subsets:
+        for name, overrides in _arm_list(config):
+            for seed in config.seeds:
+                extra = [f"training.seed={seed}"]
+                if subset_manifest is not None:
+                    extra.append(f"data.manifest={subset_manifest}")
+                run_dir = folder / "arms" / "_".join(p for p in (subset_name, name, f"seed{seed}") if p)
+                plan.arms.append(Arm(name, seed, base + overrides + extra, run_dir, subset_name, len(ids)))
+    return plan
+
+
+def _run_study(config: StudyConfig, run_dir: Path, **options) -> dict:
+    from vol_transfer.studies.runner import run_study
+
+    return run_study(config, run_dir, **options)
+
+
+register_task("study", StudyConfig, _run_study)

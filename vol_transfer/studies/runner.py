@@ -1,0 +1,190 @@
+"""Run a study: train its arms (resuming, in parallel), evaluate each, write the report.
+
+Finished arms (their run folder has ``summary.json``) are not trained again; an interrupted arm
+resumes from its last checkpoint; an arm's evaluation is cached in ``evaluation.json`` beside
+its checkpoints. ``commands.sh`` in the study folder holds every arm as a standalone command line,
+for a cluster scheduler (one line per array task).
+
+Example:
+    >>> run_study(config, Path("runs/freeze_ablation"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Sequence
+
+from vol_transfer.errors import InputDataError, RecipeError
+from vol_transfer.io.atomic import atomic_write_text
+from vol_transfer.recipes import resolve_recipe
+from vol_transfer.studies.plan import Arm, StudyConfig, StudyPlan, plan_study, shell_line
+from vol_transfer.studies.report import write_report
+from vol_transfer.studies.results import ArmResult, CurvePoint
+
+SUMMARY = "summary.json"
+EVALUATION = "evaluation.json"
+
+
+def is_finished(arm: Arm) -> bool:
+    return (arm.run_dir / SUMMARY).is_file()
+
+
+def arm_command(arm: Arm, recipe: Path, data_root: Path | None) -> list[str]:
+    """The arm's command, with ``--resume`` when it has a checkpoint to continue from."""
+    command = arm.command(recipe, data_root)
+    if (arm.run_dir / "checkpoints" / "last.pt").is_file():
+        command.append("--resume")
+    else:
+        command.append("--overwrite")  # a folder with logs but no checkpoint holds nothing worth keeping
+    return command
+
+
+def write_commands(plan: StudyPlan, recipe: Path, data_root: Path | None) -> Path:
+    lines = ["#!/usr/bin/env bash", "# one arm per line; each resumes from its last checkpoint when rerun"]
+    lines += [shell_line(arm.command(recipe, data_root)) for arm in plan.arms]
+    path = atomic_write_text(plan.folder / "commands.sh", "\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def _train_arm(arm: Arm, recipe: Path, data_root: Path | None) -> tuple[Arm, int]:
+    arm.run_dir.mkdir(parents=True, exist_ok=True)
+    command = arm_command(arm, recipe, data_root) + ["--no-progress"]
+    with open(arm.run_dir / "train.log", "a") as log:
+        log.write(f"$ {shell_line(command)}\n")
+        log.flush()
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return arm, code
+
+
+def train_arms(plan: StudyPlan, recipe: Path, data_root: Path | None, parallel: int, echo=print) -> list[Arm]:
+    """Train every unfinished arm, ``parallel`` at a time; return the arms that failed."""
+    pending = [arm for arm in plan.arms if not is_finished(arm)]
+    done = len(plan.arms) - len(pending)
+    if done:
+        echo(f"{done} of {len(plan.arms)} arms already finished; not rerun")
+    failed: list[Arm] = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        started = time.perf_counter()
+        futures = [pool.submit(_train_arm, arm, recipe, data_root) for arm in pending]
+        for future in as_completed(futures):
+            arm, code = future.result()
+            done += 1
+            status = "ok" if code == 0 else f"FAILED (exit {code}, see {arm.run_dir / 'train.log'})"
+            echo(f"[{done}/{len(plan.arms)}] {arm.label}: {status}  ({(time.perf_counter() - started) / 60:.1f} min)")
+            if code != 0:
+                failed.append(arm)
+    return failed
+
+
+def read_curve(metrics_csv: Path) -> list[CurvePoint]:
+    """The training curve from an arm's ``metrics.csv`` (columns as the engine writes them)."""
+    if not metrics_csv.is_file():
+        return []
+    points = []
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            def number(*names: str) -> float:
+                for name in names:
+                    if row.get(name) not in (None, ""):
+                        return float(row[name])
+                return math.nan
+
+            points.append(CurvePoint(
+                iteration=int(float(row["iteration"])),
+                wall_time=number("wall_s", "elapsed_s", "time_s"),
+                train_loss=number("train_loss", "loss"),
+                val_loss=number("val_loss"),
+                val_dice=number("val_dice_mean", "val_mean_dice", "val_dice"),
+            ))
+    return points
+
+
+def collect_arm(arm: Arm, evaluation: dict[str, list[float]]) -> ArmResult:
+    summary = json.loads((arm.run_dir / SUMMARY).read_text())
+    curve = read_curve(arm.run_dir / "metrics.csv")
+    step_times = summary.get("step_time_s") or summary.get("mean_step_s")
+    return ArmResult(
+        name=arm.name, subset=arm.subset, subset_size=arm.subset_size or summary.get("train_cases", 0), seed=arm.seed,
+        best_iteration=int(summary.get("best_iteration") or summary.get("iterations") or 0),
+        dice=evaluation, curve=curve,
+        step_time=float(step_times) if step_times is not None else math.nan,
+        wall_time=float(summary.get("wall_s", math.nan)),
+    )
+
+
+def evaluate_arm(arm: Arm, manifest: Path, data_root: Path | None, splits: Sequence[str]) -> dict[str, list[float]]:
+    """Per-subject mean foreground Dice of the arm's best checkpoint on each split (cached)."""
+    from vol_transfer.studies.evaluate import evaluate_checkpoint
+
+    cache = arm.run_dir / EVALUATION
+    checkpoint = arm.run_dir / "checkpoints" / "best.pt"
+    if not checkpoint.is_file():
+        checkpoint = arm.run_dir / "checkpoints" / "last.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("checkpoint_mtime_ns") == stamp and set(splits) <= set(cached["dice"]):
+            return {s: cached["dice"][s] for s in splits}
+    dice = evaluate_checkpoint(checkpoint, manifest, data_root, splits)
+    atomic_write_text(cache, json.dumps({"checkpoint_mtime_ns": stamp, "dice": dice}, indent=1) + "\n")
+    return dice
+
+
+def run_study(
+    config: StudyConfig,
+    folder: Path,
+    data_root: Path | None = None,
+    *,
+    commands_only: bool = False,
+    report_only: bool = False,
+    echo=print,
+) -> dict:
+    """Train, evaluate and report a study in ``folder``; return a summary."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    task, target = resolve_recipe(config.recipe, config.set)
+    if task != "segmentation":
+        raise RecipeError("recipe", f"a study's target recipe must be a segmentation recipe, not {task!r}",
+                          "point 'recipe:' at e.g. recipes/brats_tc_finetune_cpu.yaml")
+    manifest = Path(target.data.manifest)
+    plan = plan_study(config, folder, manifest, target.data.train_split)
+    commands = write_commands(plan, Path(config.recipe), data_root)
+    if commands_only:
+        echo(commands.read_text())
+        return {"commands": str(commands), "arms": len(plan.arms)}
+    started = time.perf_counter()
+    if not report_only:
+        failed = train_arms(plan, Path(config.recipe), data_root, config.parallel, echo)
+        if failed:
+            raise InputDataError(
+                failed[0].run_dir / "train.log", f"{len(failed)} arm(s) failed ({', '.join(a.label for a in failed)})",
+                "read the log, fix the cause and rerun the study: finished arms are kept",
+            )
+    results = []
+    for arm in plan.arms:
+        if not is_finished(arm):
+            echo(f"{arm.label}: not finished, left out of the report")
+            continue
+        echo(f"evaluating {arm.label} on {', '.join(config.evaluate_splits)}")
+        arm_manifest = next((Path(o.split("=", 1)[1]) for o in arm.overrides if o.startswith("data.manifest=")), manifest)
+        results.append(collect_arm(arm, evaluate_arm(arm, arm_manifest, data_root, config.evaluate_splits)))
+    if not results:
+        raise InputDataError(folder, "no finished arm to report", "train the arms first (drop --report-only)")
+    title = config.title or ("Layer-freezing ablation" if config.kind == "freeze_ablation" else "Training-set-size study")
+    notes = (
+        f"Target recipe `{config.recipe}`; seeds {config.seeds}; evaluation of each arm's best checkpoint "
+        f"(validation Dice) on {', '.join(config.evaluate_splits)}. Arm commands: `commands.sh`."
+    )
+    report = write_report(results, folder, title=title, kind=config.kind, threshold=config.threshold, notes=notes)
+    echo(f"report: {report}  ({(time.perf_counter() - started) / 60:.1f} min)")
+    echo(report.read_text())
+    return {"report": str(report), "arms": len(results)}
