@@ -23,10 +23,11 @@ def test_same_seed_same_subsets_regardless_of_row_order() -> None:
 
 
 def test_fractions_and_counts_mix() -> None:
-    assert [len(s) for s in nested_subsets(IDS, [0.25, 60, 1.0])] == [26, 60, 105]
+    assert [len(s) for s in nested_subsets(IDS, [0.25, 60, "all"])] == [26, 60, 105]
+    assert [len(s) for s in nested_subsets(IDS, [1.0, 2])] == [1, 2]  # 1.0 is a count, not 100 %
 
 
-@pytest.mark.parametrize("sizes", [[20, 10], [10, 10], [200], [0], [-0.5]])
+@pytest.mark.parametrize("sizes", [[20, 10], [10, 10], [200], [0], [-0.5], [2.5], ["most"]])
 def test_impossible_sizes_are_recipe_errors(sizes) -> None:
     with pytest.raises(RecipeError):
         nested_subsets(IDS, sizes)

@@ -14,9 +14,9 @@ every arm on each nested subset S1 ⊂ S2 ⊂ … of the training split (written
 
 Example:
     >>> arm_overrides("model_3")
-    ['transfer.freeze_groups=3']
+    ['transfer.freezing.kind=freeze_first', 'transfer.freezing.k=3']
     >>> arm_overrides("scratch")
-    ['transfer.source=null', 'transfer.channel_adaptation=null', 'transfer.freeze_groups=0']
+    ['transfer.source=null', 'transfer.channel_adaptation=null', 'transfer.freezing={kind: none}']
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class StudyConfig:
     recipe: Path  # the target (fine-tuning) recipe every arm starts from
     arms: list[Union[str, CustomArm]] = option(list(DEFAULT_ABLATION_ARMS), min_len=1)
     seeds: list[int] = option([0], min_len=1)
-    subsets: Optional[list[float]] = option(None, gt=0, min_len=1)  # counts ≥ 1 or fractions ≤ 1
+    subsets: Optional[list[Union[float, Literal["all"]]]] = option(None, gt=0, min_len=1)  # counts ≥ 1, fractions < 1, "all"
     subset_seed: int = 0
     set: list[str] = option(default_factory=list)  # overrides applied to every arm
     parallel: int = option(1, ge=1)  # arms trained at once (processes on this machine)
@@ -76,18 +76,27 @@ class StudyConfig:
             raise RecipeError("arms", f"arm names repeat: {names}", "give every arm a distinct name")
 
 
+HIGHRES3DNET_GROUPS = ("conv_0", "res_1", "res_2", "res_3", "conv_1", "conv_2")
+NO_FREEZING = "transfer.freezing={kind: none}"
+
+
 def arm_overrides(name: str) -> list[str]:
     """The recipe overrides that make a built-in arm."""
     if name == "scratch":
-        return ["transfer.source=null", "transfer.channel_adaptation=null", "transfer.freeze_groups=0"]
+        return ["transfer.source=null", "transfer.channel_adaptation=null", NO_FREEZING]
     if name == "finetune":
-        return ["transfer.freeze_groups=0"]
+        return [NO_FREEZING]
     if match := re.fullmatch(r"model_(\d+)", name):
-        return [f"transfer.freeze_groups={int(match.group(1))}"]
+        k = int(match.group(1))
+        if not 1 <= k <= 5:
+            raise RecipeError("arms", f"{name}: k must be 1..5 (conv_2, the head, is never frozen)", "use model_1 … model_5")
+        return ["transfer.freezing.kind=freeze_first", f"transfer.freezing.k={k}"]
     if match := re.fullmatch(r"gradual_(\d+)_(\d+)", name):
-        return [f"transfer.freeze_groups={int(match.group(1))}", f"transfer.unfreeze_at={int(match.group(2))}"]
+        k, release = int(match.group(1)), int(match.group(2))
+        frozen = ", ".join(HIGHRES3DNET_GROUPS[:k])
+        return [f"transfer.freezing={{kind: phases, phases: {{0: [{frozen}], {release}: []}}}}"]
     if match := re.fullmatch(r"discriminative_(0?\.\d+|1(\.0*)?)", name):
-        return ["transfer.freeze_groups=0", f"transfer.lr_decay={float(match.group(1))}"]
+        return [NO_FREEZING, f"transfer.lr_decay={float(match.group(1))}"]
     raise RecipeError(
         "arms", f"unknown arm {name!r}",
         "use scratch, finetune, model_K, gradual_K_ITER, discriminative_F, or {name: ..., set: [key=value]}",
@@ -124,7 +133,7 @@ def shell_line(command: list[str]) -> str:
 
 
 def write_subset_manifests(
-    manifest_path: Path, train_split: str, sizes: list[float], seed: int, folder: Path
+    manifest_path: Path, train_split: str, sizes: list[float | str], seed: int, folder: Path
 ) -> list[tuple[str, Path, list[str]]]:
     """Write one manifest per nested subset (all non-training rows kept); return (name, path, ids).
 
@@ -137,7 +146,7 @@ def write_subset_manifests(
     if not rows:
         raise RecipeError(manifest_path, "manifest has no rows", "point the target recipe at a non-empty manifest")
     train_ids = [r["subject_id"] for r in rows if r["split"] == train_split]
-    subsets = nested_subsets(train_ids, [int(s) if float(s).is_integer() and s >= 1 else s for s in sizes], seed)
+    subsets = nested_subsets(train_ids, sizes, seed)
     written = []
     for index, ids in enumerate(subsets, start=1):
         name = f"S{index}"

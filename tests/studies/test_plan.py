@@ -1,0 +1,99 @@
+"""Study planning: arms, seeds, subset manifests, commands, resumability."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from vol_transfer.errors import RecipeError
+from vol_transfer.recipes import from_dict
+from vol_transfer.studies import runner
+from vol_transfer.studies.plan import StudyConfig, arm_overrides, plan_study
+
+MANIFEST_ROWS = [
+    ("subject_id", "split", "image", "label"),
+    *[(f"c{i}", "train", f"c{i}.nii.gz", f"c{i}_seg.nii.gz") for i in range(10)],
+    ("v0", "validation", "v0.nii.gz", "v0_seg.nii.gz"),
+    ("t0", "test", "t0.nii.gz", "t0_seg.nii.gz"),
+]
+
+
+def _manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as handle:
+        handle.write("# labels: 0,1\n")
+        csv.writer(handle).writerows(MANIFEST_ROWS)
+    return path
+
+
+def _config(**values) -> StudyConfig:
+    return from_dict(StudyConfig, {"kind": "freeze_ablation", "recipe": "r.yaml", **values})
+
+
+def test_ablation_expands_every_arm_and_seed_with_same_seed_overrides(tmp_path: Path) -> None:
+    plan = plan_study(_config(seeds=[0, 7]), tmp_path, None)
+    assert len(plan.arms) == 12
+    by_seed = {}
+    for arm in plan.arms:
+        assert f"training.seed={arm.seed}" in arm.overrides
+        by_seed.setdefault(arm.seed, []).append(arm.name)
+    assert by_seed[0] == by_seed[7] == ["scratch", "model_1", "model_2", "model_3", "model_4", "model_5"]
+    assert len({arm.run_dir for arm in plan.arms}) == 12
+
+
+def test_dataset_size_writes_nested_subset_manifests_and_records_them(tmp_path: Path) -> None:
+    config = _config(kind="dataset_size", subsets=[3, 0.6, "all"], arms=["scratch", "model_1"])
+    plan = plan_study(config, tmp_path / "study", _manifest(tmp_path))
+    record = json.loads((tmp_path / "study/subsets/subsets.json").read_text())["subsets"]
+    assert [len(record[s]) for s in ("S1", "S2", "S3")] == [3, 6, 10]
+    assert set(record["S1"]) < set(record["S2"]) < set(record["S3"])
+    s1 = list(csv.DictReader(line for line in open(tmp_path / "study/subsets/S1.csv") if not line.startswith("#")))
+    assert {r["subject_id"] for r in s1 if r["split"] == "train"} == set(record["S1"])
+    assert {r["split"] for r in s1} == {"train", "validation", "test"}  # evaluation splits kept whole
+    assert "# labels: 0,1" in (tmp_path / "study/subsets/S1.csv").read_text()
+    assert len(plan.arms) == 6 and {a.subset_size for a in plan.arms} == {3, 6, 10}
+
+
+def test_arm_commands_are_reproducible_standalone_lines(tmp_path: Path) -> None:
+    first = plan_study(_config(), tmp_path, None)
+    second = plan_study(_config(), tmp_path, None)
+    assert [a.command(Path("r.yaml")) for a in first.arms] == [a.command(Path("r.yaml")) for a in second.arms]
+    command = first.arms[2].command(Path("r.yaml"))
+    assert command[1:4] == ["-m", "vol_transfer", "train"]
+    assert "transfer.freezing.k=2" in command and "--run-dir" in command
+
+
+@pytest.mark.parametrize("name", ["model_0", "model_6", "frozen", "gradual_x"])
+def test_unknown_arms_are_recipe_errors(name: str) -> None:
+    with pytest.raises(RecipeError):
+        arm_overrides(name)
+
+
+def test_dataset_size_needs_subsets() -> None:
+    with pytest.raises(RecipeError, match="subsets"):
+        _config(kind="dataset_size")
+
+
+def test_finished_arms_are_not_retrained_and_interrupted_ones_resume(tmp_path: Path, monkeypatch) -> None:
+    plan = plan_study(_config(arms=["scratch", "model_1", "model_2"]), tmp_path, None)
+    finished, interrupted, fresh = plan.arms
+    (finished.run_dir).mkdir(parents=True)
+    (finished.run_dir / "summary.json").write_text("{}")
+    (interrupted.run_dir / "checkpoints").mkdir(parents=True)
+    (interrupted.run_dir / "checkpoints/last.pt").write_bytes(b"x")
+    calls = []
+
+    def fake_call(command, **kwargs):
+        calls.append(command)
+        return 0
+
+    monkeypatch.setattr(runner.subprocess, "call", fake_call)
+    failed = runner.train_arms(plan, Path("r.yaml"), None, parallel=2, echo=lambda *_: None)
+    assert failed == []
+    run_dirs = sorted(c[c.index("--run-dir") + 1] for c in calls)
+    assert run_dirs == sorted([str(interrupted.run_dir), str(fresh.run_dir)])
+    resumed = next(c for c in calls if str(interrupted.run_dir) in c)
+    assert "--resume" in resumed and "--resume" not in next(c for c in calls if str(fresh.run_dir) in c)
