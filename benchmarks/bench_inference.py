@@ -1,0 +1,269 @@
+"""Whole-volume inference on a real BraTS case: MONAI ``sliding_window_inference`` vs ours.
+
+Same network (our HighRes3DNet, 2 → 2 classes, eval mode) and the same FLAIR+T1c volume
+(2×240×240×155) for every variant:
+
+* ``monai``        — MONAI ``sliding_window_inference``, roi 96³, overlap 0.25, Gaussian, sw_batch 1
+                     (fp32, default memory layout: what a MONAI user runs);
+* ``window``       — our windows with the same placement and blending (fp32, channels_last, BN folded);
+* ``whole``        — our exact whole-volume pass (fp32);
+* ``tiled``        — our exact halo tiles under ``--budget`` GiB (what ``--memory-budget`` picks);
+* ``*_bf16``       — the same under bfloat16 autocast.
+
+Every variant runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own;
+``Δmem`` is the peak minus the memory after loading the volume and the network. Agreement is
+measured against MONAI's output: voxel agreement of the argmax and Dice between the two
+foreground label maps; ``max|Δlogit|`` against our exact whole-volume logits.
+
+Meaningful agreement: an untrained network's argmax is noise, so the network is made to segment
+something: BatchNorm running statistics are set from real crops (train-mode passes, cumulative
+averaging, no weight updates), then only the last layer is fitted to this case's tumour core as a
+class-balanced logistic regression on the frozen features (see :func:`make_network`). The
+predicted fraction and Dice against the true tumour core are printed.
+
+FLOP-bound limit: voxels × per-voxel FLOPs (2·k³·Cin·Cout summed over the convolutions) ÷ the peak
+matmul rate measured here (2048² torch.mm, best of 3), in fp32 and bf16.
+
+    python benchmarks/bench_inference.py --quick          # 240×240×64 slab, for development
+    python benchmarks/bench_inference.py                  # the full 240×240×155 volume
+    python benchmarks/bench_inference.py --variants monai,whole,tiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ALL_VARIANTS = ("monai", "window", "whole", "tiled", "window_bf16", "whole_bf16")
+CASE = "brats2015_flair_t1c/test/brats_2013_pat0001_1"
+
+
+def load_case(data_root: str | None, quick: bool) -> tuple[np.ndarray, np.ndarray]:
+    """FLAIR+T1c ``(2, X, Y, Z)`` and the tumour-core mask (labels 1, 3, 4)."""
+    from vol_transfer.io.data_root import resolve_data_root
+    from vol_transfer.io.volumes import load_channels, load_volume
+
+    case = resolve_data_root(data_root) / CASE
+    volume = load_channels([case / "Flair_subtrMeanDivStd.nii.gz", case / "T1c_subtrMeanDivStd.nii.gz"])
+    array = volume.array
+    core = np.isin(load_volume(case / "OTMultiClass.nii.gz").array[0], [1, 3, 4])
+    if quick:
+        middle = array.shape[3] // 2
+        array, core = array[..., middle - 32 : middle + 32], core[..., middle - 32 : middle + 32]
+    return np.ascontiguousarray(array, dtype=np.float32), core
+
+
+def _crops(image: np.ndarray, core: np.ndarray, rng: np.random.Generator, count: int, size: int):
+    """Crops centred on random tumour-core voxels (half) or anywhere in the volume (half)."""
+    shape = np.asarray(image.shape[1:])
+    size_3 = np.minimum(size, shape)
+    positives = np.argwhere(core)
+    for i in range(count):
+        centre = positives[rng.integers(len(positives))] if i % 2 == 0 and len(positives) else rng.integers(0, shape)
+        corner = np.clip(centre - size_3 // 2, 0, shape - size_3)
+        where = tuple(slice(int(c), int(c + s)) for c, s in zip(corner, size_3))
+        yield torch.from_numpy(np.ascontiguousarray(image[(slice(None), *where)]))[None], core[where]
+
+
+def make_network(image: np.ndarray, core: np.ndarray, seed: int = 0) -> torch.nn.Module:
+    """HighRes3DNet whose argmax means something: BatchNorm statistics set from real crops, then
+    the last layer (conv_2) fitted as a class-balanced logistic regression of tumour core on the
+    frozen conv_1 features ("linear probe"). Nothing else is trained."""
+    from vol_transfer.nets.highres3dnet import HighRes3DNet
+
+    torch.manual_seed(seed)
+    net = HighRes3DNet(in_channels=2, num_classes=2)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.momentum = None  # cumulative average over the calibration passes
+    rng = np.random.default_rng(seed)
+    net.train()
+    with torch.no_grad():
+        for crop, _ in _crops(image, core, rng, 4, 48):
+            net(crop)
+    net.eval()
+    features, targets = [], []
+    with torch.no_grad():
+        for crop, mask in _crops(image, core, rng, 4, 48):
+            feature = net.features(crop)[0].reshape(net.conv_2.conv.in_channels, -1).T
+            pick = torch.from_numpy(rng.choice(feature.shape[0], size=min(20000, feature.shape[0]), replace=False))
+            features.append(feature[pick])
+            targets.append(torch.from_numpy(mask.reshape(-1)[pick.numpy()]).long())
+    x, y = torch.cat(features), torch.cat(targets)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    linear = torch.nn.Linear(x.shape[1], 2)
+    weight = torch.tensor([1.0 / max(1, int((y == 0).sum())), 1.0 / max(1, int((y == 1).sum()))]) * len(y) / 2
+    optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=100)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear((x - mean) / std), y, weight=weight)
+        loss = loss + 1e-3 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():  # fold the standardisation into conv_2 and make its BN the identity
+        conv, bn = net.conv_2.conv, net.conv_2.bn
+        conv.weight.copy_((linear.weight / std).reshape(conv.weight.shape))
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(linear.bias - (linear.weight / std) @ mean)
+    return net
+
+
+def per_voxel_flops(net: torch.nn.Module) -> int:
+    total = 0
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            total += 2 * math.prod(module.kernel_size) * module.in_channels // module.groups * module.out_channels
+    return total
+
+
+def peak_matmul_flops(dtype: torch.dtype, size: int = 2048) -> float:
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    from vol_transfer.inference import predict_logits
+    from vol_transfer.nets.highres3dnet import HighRes3DNet
+
+    image = torch.from_numpy(np.load(args.image))
+    net = HighRes3DNet(in_channels=2, num_classes=2)
+    net.load_state_dict(torch.load(args.weights, weights_only=True))
+    net.eval().to(args.device)
+    baseline = maxrss_bytes()
+    variant = args.worker
+    start = time.perf_counter()
+    if variant == "monai":
+        from monai.inferers import sliding_window_inference
+
+        with torch.no_grad():
+            logits = sliding_window_inference(image[None].to(args.device), (96, 96, 96), 1, net,
+                                              overlap=0.25, mode="gaussian")[0]
+        logits = torch.as_tensor(logits).float().cpu()
+    else:
+        base, _, precision = variant.partition("_")
+        options = dict(mode=base, bf16=precision == "bf16", window=96, overlap=0.25, blend="gaussian", batch_size=2)
+        if base == "tiled":
+            options["memory_budget_gb"] = args.budget
+        logits = predict_logits(net, image, **options)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    np.save(args.logits, logits.numpy())
+    print(json.dumps({"variant": variant, "seconds": seconds, "peak": maxrss_bytes(), "baseline": baseline}))
+
+
+def run_variant(variant: str, args: argparse.Namespace, files: dict[str, Path], folder: Path) -> dict:
+    logits = folder / f"{variant}.npy"
+    command = [sys.executable, __file__, "--worker", variant, "--image", str(files["image"]), "--weights",
+               str(files["weights"]), "--logits", str(logits), "--threads", str(args.threads), "--budget",
+               str(args.budget), "--device", args.device]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["logits"] = logits
+    return result
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a 240×240×64 slab instead of the whole volume")
+    parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list of {ALL_VARIANTS}")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=3.0, help="GiB for the tiled variant (default 3)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--image", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--logits", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(ALL_VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; use {ALL_VARIANTS}")
+    image, core = load_case(args.data_root, args.quick)
+    net = make_network(image, core)
+    voxels = math.prod(image.shape[1:])
+    flops = per_voxel_flops(net)
+    peaks = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
+    print(f"volume {tuple(image.shape)} ({'quick slab' if args.quick else 'full'}), {voxels:,} voxels; "
+          f"HighRes3DNet {flops / 1e6:.2f} MFLOP/voxel → {voxels * flops / 1e12:.2f} TFLOP per pass")
+    print(f"peak matmul: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
+          f"({args.threads} threads, device {args.device})")
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+        folder = Path(tmp)
+        files = {"image": folder / "image.npy", "weights": folder / "weights.pt"}
+        np.save(files["image"], image)
+        torch.save(net.state_dict(), files["weights"])
+        results = {}
+        for variant in variants:
+            results[variant] = run_variant(variant, args, files, folder)
+            r = results[variant]
+            print(f"  ran {variant}: {r['seconds']:.1f} s", flush=True)
+        logits = {v: np.load(r["logits"]) for v, r in results.items()}
+    reference = logits.get("monai")
+    exact = logits.get("whole")
+    for name, result in (("MONAI", reference), ("whole (exact)", exact)):
+        if result is not None:
+            predicted = result.argmax(0) == 1
+            print(f"{name}: predicted tumour core {float(predicted.mean()):.4f} of voxels, "
+                  f"Dice vs the true tumour core {dice(predicted, core):.3f}")
+    monai_time = results["monai"]["seconds"] if "monai" in results else math.nan
+    header = ("variant", "time s", "× MONAI", "peak GiB", "Δmem GiB", "agree %", "Dice vs MONAI",
+              "max|Δlogit| vs whole", "FLOP-bound s", "× bound")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for variant, r in results.items():
+        labels = logits[variant].argmax(0)
+        agree = dice_score = math.nan
+        if reference is not None:
+            monai_labels = reference.argmax(0)
+            agree = 100.0 * float((labels == monai_labels).mean())
+            dice_score = dice(labels == 1, monai_labels == 1)
+        delta = float(np.abs(logits[variant] - exact).max()) if exact is not None else math.nan
+        precision = "bf16" if variant.endswith("bf16") else "fp32"
+        bound = voxels * flops / peaks[precision]
+        print(f"| {variant} | {r['seconds']:.1f} | {r['seconds'] / monai_time:.3f} | {r['peak'] / 2**30:.2f} | "
+              f"{(r['peak'] - r['baseline']) / 2**30:.2f} | {agree:.3f} | {dice_score:.4f} | {delta:.2e} | "
+              f"{bound:.1f} | {r['seconds'] / bound:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``vol-transfer infer``: segment NIfTI/MHA volumes, folders, manifests or DICOM series with a checkpoint.
+
+Examples:
+    vol-transfer infer --checkpoint tc.pt ../shared/data/brats2015_flair_t1c/test --out pred/
+    vol-transfer infer --checkpoint hippo.pt data_manifests/msd_hippocampus.csv --split test --out pred/ --tta
+    vol-transfer infer --checkpoint hippo.pt ../shared/data/mr_dicom_brain_tumor_progression/hippocrop/Study1_13_HCropVolume --out pred/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "infer", help="segment volumes with a checkpoint; outputs in each input's original geometry",
+        description="Write <case>_seg.nii.gz (uint8) and optionally <case>_prob.nii.gz for every input case, "
+                    "on the input's own grid, plus inference_timings.csv.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image file, folder of images/case folders, manifest .csv, or DICOM series folder")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt or .safetensors) with metadata")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--split", default=None, help="with a manifest input: only this split (e.g. test)")
+    parser.add_argument("--data-root", default=None, help="folder manifest paths are relative to")
+    parser.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "window"),
+                        help="auto (default): whole volume if it fits --memory-budget, else exact tiles, else windows")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                        help="memory one forward pass may use (default: 40%% of RAM, 80%% of free GPU memory)")
+    parser.add_argument("--window", type=int, default=96, help="window size for --mode window (default 96)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
+    parser.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"), help="window blending")
+    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (default 2)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs and AMX CPUs)")
+    parser.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
+    parser.add_argument("--tta", action="store_true", help="average over flips along each axis (4 passes)")
+    parser.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    parser.add_argument("--map-labels", default=None, metavar="MAP",
+                        help="renumber classes when writing: CLASS:VALUE,… (e.g. 1:4) or 'checkpoint'")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the per-volume progress bar")
+    parser.set_defaults(handler=run_infer)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from vol_transfer.errors import RecipeError
+    from vol_transfer.inference.predict import InferenceOptions
+    from vol_transfer.inference.predictor import TIMINGS_FILE, Predictor, discover_cases
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        options = InferenceOptions(
+            mode=args.mode, window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
+            memory_budget_gb=args.memory_budget, bf16=args.bf16, channels_last=not args.no_channels_last,
+            tta=args.tta, device=args.device, progress=not args.no_progress,
+        )
+    except ValueError as error:
+        raise RecipeError("infer options", str(error), "see vol-transfer infer --help") from None
+    predictor = Predictor.from_checkpoint(args.checkpoint, options, map_labels=args.map_labels)
+    cases = discover_cases(args.inputs, predictor.channels, split=args.split, data_root=args.data_root)
+    if not cases:
+        raise RecipeError("INPUT", "no cases found", "check the inputs (and --split for a manifest)")
+    say = (lambda text: print(text, file=sys.stderr))
+    rows = predictor.run(cases, args.out, probabilities=args.probabilities, overwrite=args.overwrite, say=say)
+    total = sum(row["total_s"] for row in rows)
+    print(f"wrote {len(rows)} segmentation(s) to {args.out} in {total:.1f} s; timings in {args.out}/{TIMINGS_FILE}")
+    return 0

@@ -1,0 +1,130 @@
+"""``vol-transfer train RECIPE``: train what a recipe describes; ``--resume`` continues a run exactly.
+
+Examples::
+
+    vol-transfer train recipes/hippocampus_pretrain_cpu.yaml --run-dir runs/hippo
+    vol-transfer train recipes/hippocampus_pretrain_cpu.yaml --run-dir runs/hippo --resume
+    vol-transfer train recipes/brats_tc_finetune_cpu.yaml --set training.iterations=500
+    torchrun --nproc_per_node=2 -m vol_transfer train RECIPE --run-dir runs/ddp   # data-parallel
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vol_transfer.errors import OutputExistsError, RecipeError
+from vol_transfer.io.atomic import atomic_write_text
+from vol_transfer.recipes import config_to_dict, get_task, recipe_to_yaml, resolve_recipe
+
+RESOLVED_RECIPE = "recipe.yaml"
+SUMMARY = "summary.json"
+# keys that may change between a run and its resumption (they do not alter what was already computed)
+RESUMABLE_CHANGES = ("training.iterations", "validation.patience", "checkpoint.every", "training.threads",
+                     "training.log_every", "description")
+_RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.csv", RESOLVED_RECIPE, SUMMARY)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a network from a recipe (YAML)",
+                                   description="Train from a recipe; the run folder keeps the resolved recipe, "
+                                               "checkpoints, metrics.csv and TensorBoard logs.")
+    parser.add_argument("recipe", help="recipe file, e.g. recipes/hippocampus_pretrain_cpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key (YAML value), e.g. --set optim.lr=3e-4; repeatable")
+    parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<recipe name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run in --run-dir and start over")
+    parser.add_argument("--data-root", type=Path, help="folder holding the datasets (default: $VOL_TRANSFER_DATA "
+                                                       "or ../shared/data)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_train)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _check_same_recipe(run_dir: Path, resolved: dict[str, Any]) -> None:
+    saved_path = run_dir / RESOLVED_RECIPE
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    current = _flatten(resolved)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    if changed:
+        raise RecipeError(saved_path, f"the recipe differs from the one this run started with ({', '.join(changed[:5])})",
+                          "resume with the same recipe, or start a new --run-dir")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, resolved: dict[str, Any]) -> None:
+    """Refuse to clobber an existing run unless asked; on resume check the recipe is the same."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise OutputExistsError(run_dir, "has no checkpoints/last.pt to resume from",
+                                    "drop --resume to start a new run, or point --run-dir at an existing run")
+        _check_same_recipe(run_dir, resolved)
+        return
+    existing = [name for name in _RUN_OUTPUTS if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(run_dir, f"already holds a run ({', '.join(existing)})",
+                                "pass --resume to continue it, --overwrite to start over, or choose another --run-dir")
+    if existing:
+        for name in existing:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _train(args: argparse.Namespace) -> int:
+    task_name, config = resolve_recipe(args.recipe, args.overrides)
+    task = get_task(task_name)
+    run_dir = args.run_dir or Path("runs") / Path(args.recipe).name.split(".")[0]
+    resolved = {"task": task_name, **config_to_dict(config)}
+    # under torchrun only rank 0 checks and prepares the folder (the others would race with it)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        prepare_run_dir(run_dir, args.resume, args.overwrite, resolved)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / RESOLVED_RECIPE, recipe_to_yaml(task_name, config))
+    options = {"resume": args.resume, "data_root": args.data_root, "recipe": resolved, "progress": not args.no_progress}
+    summary = task.run(config, run_dir, **_accepted(task.run, options))
+    if is_main:
+        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+        _print_summary(summary, run_dir)
+    return 0
+
+
+def _accepted(function: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``function`` takes (tasks registered by other modules may take fewer)."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return options
+    return {k: v for k, v in options.items() if k in parameters}
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    classes = summary.get("classes") or []
+    dice = summary.get("last_val_dice") or []
+    print(f"run folder: {run_dir}")
+    print(f"iterations: {summary.get('iterations')}  wall time: {summary.get('wall_s', 0):.0f} s"
+          + ("  (stopped early)" if summary.get("stopped_early") else ""))
+    for name, value in zip(classes[1:], dice):
+        print(f"  validation Dice {name:>14s}: {value:.4f}")
+    best = summary.get("best_val_dice")
+    if best is not None:
+        print(f"best mean validation Dice {best:.4f} at iteration {summary.get('best_iteration')} "
+              f"→ {run_dir / 'checkpoints' / 'best.pt'}")

@@ -1,0 +1,301 @@
+"""Checkpoint + input files → label maps (and probabilities) in each input's original geometry.
+
+For every case: load the channels (NIfTI/MHA files or DICOM series folders), apply the
+checkpoint's stored preprocessing, predict (:mod:`vol_transfer.inference.predict`), undo the
+spatial preprocessing, optionally renumber the classes to the dataset's label values, and write
+``<case>_seg.nii.gz`` (uint8) and ``<case>_prob.nii.gz`` (float32, classes last) with the
+original image's shape and affine — so ITK-SNAP, 3D Slicer, nibabel and SimpleITK overlay them on
+the input. Outputs are written atomically, an input is never overwritten, and
+``inference_timings.csv`` records per-case timings.
+
+Example:
+    >>> predictor = Predictor.from_checkpoint("model.pt", InferenceOptions(memory_budget_gb=8))  # doctest: +SKIP
+    >>> cases = discover_cases(["brats2015_flair_t1c/test"], predictor.channels)                  # doctest: +SKIP
+    >>> predictor.run(cases, "predictions/")                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from vol_transfer.errors import CheckpointError, InputDataError, OutputExistsError, PathLike, RecipeError
+from vol_transfer.inference.predict import InferenceOptions, plan_inference, predict_logits
+from vol_transfer.io.atomic import atomic_write_text, refuse_to_overwrite
+from vol_transfer.io.volumes import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, check_same_grid, save_volume
+
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+TIMINGS_FILE = "inference_timings.csv"
+TIMING_COLUMNS = ("case", "shape", "strategy", "steps", "load_s", "preprocess_s", "predict_s", "write_s", "total_s")
+
+
+@dataclass
+class Case:
+    """One volume to segment: a name for its outputs and one path (file or DICOM folder) per channel."""
+
+    name: str
+    channels: list[Path]
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    for child in sorted(path.iterdir())[:20]:
+        if child.is_file():
+            if child.suffix.lower() == ".dcm":
+                return True
+            with open(child, "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    return True
+    return False
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _match_channels(folder: Path, files: list[Path], channels: Sequence[str]) -> list[Path]:
+    matched = []
+    for channel in channels:
+        hits = [f for f in files if channel.lower() in f.name.lower()]
+        if len(hits) != 1:
+            found = "no file" if not hits else f"{len(hits)} files ({', '.join(h.name for h in hits)})"
+            raise InputDataError(
+                folder, f"{found} named like channel {channel!r} of the checkpoint's channels {list(channels)}",
+                "name one image file per channel after the channel, or list the case in a manifest",
+            )
+        matched.append(hits[0])
+    return matched
+
+
+def _cases_in_folder(folder: Path, channels: Sequence[str]) -> list[Case]:
+    if _is_dicom_folder(folder):
+        return [Case(folder.name, [folder])]
+    files = sorted(p for p in folder.iterdir() if _is_image(p))
+    if files:
+        if len(channels) <= 1:
+            return [Case(_case_name(f), [f]) for f in files]
+        return [Case(folder.name, _match_channels(folder, files, channels))]
+    cases = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        cases.extend(_cases_in_folder(child, channels))
+    return cases
+
+
+def discover_cases(
+    inputs: Sequence[PathLike],
+    channels: Sequence[str],
+    *,
+    split: str | None = None,
+    data_root: PathLike | None = None,
+) -> list[Case]:
+    """Turn CLI inputs into cases.
+
+    Each input is an image file (one case; all channels in it), a manifest ``.csv`` (its subjects,
+    optionally of one ``split``), a DICOM series folder (one single-channel case), or a folder:
+    with one channel, every image file in it is a case; with several, its image files are matched
+    to the checkpoint's channel names (``Flair_…`` ↔ ``flair``) and form one case; a folder of
+    folders is searched one level at a time.
+    """
+    cases: list[Case] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            from vol_transfer.io.manifest import read_manifest
+
+            manifest = read_manifest(path, data_root)
+            cases.extend(Case(s.subject_id, list(s.channels.values())) for s in manifest.subjects(split))
+        elif _is_image(path):
+            cases.append(Case(_case_name(path), [path]))
+        elif path.is_dir():
+            found = _cases_in_folder(path, channels)
+            if not found:
+                raise InputDataError(path, "holds no image files or DICOM series", "pass a folder of .nii.gz/.mha files or a DICOM series")
+            cases.extend(found)
+        elif path.exists():
+            raise InputDataError(path, "is not an image, manifest or folder",
+                                 f"pass a {'/'.join(IMAGE_SUFFIXES)} file, a manifest .csv or a folder")
+        else:
+            raise InputDataError(path, "not found", "check the path")
+    names = [c.name for c in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputDataError(duplicates[0], f"{len(duplicates)} case name(s) occur twice, so outputs would collide",
+                             "run the duplicates into separate --out folders")
+    return cases
+
+
+def load_case(case: Case) -> Volume:
+    """All channels of a case stacked as float32 on one grid."""
+    from vol_transfer.io.manifest import load_channel
+
+    volumes = [load_channel(p) for p in case.channels]
+    for other in volumes[1:]:
+        check_same_grid(volumes[0], other, "channel")
+    array = np.concatenate([np.asarray(v.array, dtype=np.float32) for v in volumes], axis=0)
+    paths = tuple(p for v in volumes for p in v.paths)
+    return Volume(array, volumes[0].affine, paths, volumes[0].header)
+
+
+def parse_label_map(text: str | None, metadata: Mapping[str, Any], where: str = "--map-labels") -> dict[int, int] | None:
+    """``"1:4,2:5"`` (class → written value) or ``"checkpoint"`` (invert the stored label mapping)."""
+    if not text:
+        return None
+    if text == "checkpoint":
+        stored = metadata.get("label_mapping")
+        if not stored:
+            raise RecipeError(where, "the checkpoint stores no label_mapping", "give the mapping, e.g. --map-labels 1:4")
+        if isinstance(stored, str):
+            from vol_transfer.preprocessing.labels import resolve_mapping
+
+            stored = resolve_mapping(stored)
+        inverse: dict[int, list[int]] = {}
+        for source, target in stored.items():
+            inverse.setdefault(int(target), []).append(int(source))
+        ambiguous = {t: s for t, s in inverse.items() if len(s) > 1}
+        if ambiguous:
+            target, sources = sorted(ambiguous.items())[0]
+            raise RecipeError(where, f"class {target} came from labels {sources}, so it cannot be mapped back uniquely",
+                              f"give the value to write, e.g. --map-labels {target}:{sources[-1]}")
+        return {t: s[0] for t, s in inverse.items()}
+    mapping = {}
+    for part in text.split(","):
+        try:
+            source, target = (int(v) for v in part.split(":"))
+        except ValueError:
+            raise RecipeError(where, f"{part!r} is not CLASS:VALUE", "write e.g. --map-labels 1:4,2:5") from None
+        if not 0 <= target < 256:
+            raise RecipeError(where, f"value {target} does not fit a uint8 label map", "use values 0..255")
+        mapping[source] = target
+    return mapping
+
+
+def _apply_label_map(labels: np.ndarray, mapping: dict[int, int] | None) -> np.ndarray:
+    if not mapping:
+        return labels
+    lookup = np.arange(256, dtype=np.uint8)
+    for source, target in mapping.items():
+        if 0 <= source < 256:
+            lookup[source] = target
+    return lookup[labels]
+
+
+@dataclass
+class Predictor:
+    """A model with its channel names, preprocessing and inference options."""
+
+    model: torch.nn.Module
+    channels: list[str]
+    preprocessing: dict[str, Any] | None = None
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+    label_map: dict[int, int] | None = None
+    name: str = "model"
+
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, options: InferenceOptions | None = None,
+                        map_labels: str | None = None) -> "Predictor":
+        from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        metadata = checkpoint.metadata or {}
+        model = build_from_checkpoint(checkpoint)
+        if options is not None and options.device is not None:
+            model = model.to(options.device)
+        architecture = metadata.get("architecture") or {}
+        channels = list(metadata.get("channels") or [])
+        if not channels:
+            channels = [f"channel_{i}" for i in range(int(architecture.get("in_channels", 1)))]
+        return cls(model=model, channels=channels, preprocessing=metadata.get("preprocessing"),
+                   options=options or InferenceOptions(), label_map=parse_label_map(map_labels, metadata),
+                   name=str(path))
+
+    def check_channels(self, case: Case, volume: Volume) -> None:
+        expected = len(self.channels)
+        if volume.num_channels != expected:
+            raise CheckpointError(
+                case.channels[0] if len(case.channels) == 1 else case.name,
+                f"case {case.name!r} has {volume.num_channels} channel(s) but {self.name} expects {expected} "
+                f"({', '.join(self.channels)})",
+                "pass one image per checkpoint channel (a manifest or a folder with one file per channel)",
+            )
+
+    def output_paths(self, case: Case, out_dir: Path, probabilities: bool) -> list[Path]:
+        paths = [out_dir / f"{case.name}_seg.nii.gz"]
+        if probabilities:
+            paths.append(out_dir / f"{case.name}_prob.nii.gz")
+        return paths
+
+    def predict_case(self, case: Case, out_dir: PathLike, *, probabilities: bool = False,
+                     overwrite: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
+        """Segment one case, write its outputs, return its timing row."""
+        from vol_transfer.preprocessing.pipeline import Preprocessor
+
+        out_dir = Path(out_dir)
+        start = time.perf_counter()
+        volume = load_case(case)
+        self.check_channels(case, volume)
+        loaded = time.perf_counter()
+        prepared, inverse = Preprocessor.from_spec(self.preprocessing).apply(volume)
+        prepped = time.perf_counter()
+        plan = plan_inference(self.model, prepared.spatial_shape, self.options)
+        say(f"{case.name}: {plan.describe()}")
+        progress = case.name if self.options.progress else False
+        logits = predict_logits(self.model, prepared.array, self.options, progress=progress)
+        predicted = time.perf_counter()
+        labels = inverse.restore(logits.argmax(0).to(torch.uint8).numpy(), order="nearest").astype(np.uint8)
+        labels = _apply_label_map(labels, self.label_map)
+        seg_path, *prob_path = self.output_paths(case, out_dir, probabilities)
+        save_volume(labels, seg_path, reference=volume, dtype=np.uint8, overwrite=overwrite)
+        if prob_path:
+            classes = torch.softmax(logits, dim=0).numpy()
+            restored = inverse.restore(classes, order="linear").astype(np.float32)
+            save_volume(restored, prob_path[0], reference=volume, dtype=np.float32, overwrite=overwrite)
+        done = time.perf_counter()
+        return {
+            "case": case.name, "shape": "x".join(str(s) for s in volume.spatial_shape), "strategy": plan.strategy,
+            "steps": plan.steps, "load_s": loaded - start, "preprocess_s": prepped - loaded,
+            "predict_s": predicted - prepped, "write_s": done - predicted, "total_s": done - start,
+        }
+
+    def run(self, cases: Sequence[Case], out_dir: PathLike, *, probabilities: bool = False,
+            overwrite: bool = False, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        """Segment every case; check all outputs first so a refusal writes nothing."""
+        out_dir = Path(out_dir)
+        inputs = [p for case in cases for p in case.channels]
+        for case in cases:
+            for target in self.output_paths(case, out_dir, probabilities):
+                refuse_to_overwrite(target, inputs, overwrite=overwrite)
+                for source in case.channels:
+                    if source.is_dir() and target.resolve().is_relative_to(source.resolve()):
+                        raise OutputExistsError(target, "output would be written inside an input DICOM folder",
+                                                "choose an --out folder outside the inputs")
+        rows = []
+        for case in cases:
+            rows.append(self.predict_case(case, out_dir, probabilities=probabilities, overwrite=overwrite, say=say))
+            write_timings(rows, out_dir / TIMINGS_FILE)
+        return rows
+
+
+def write_timings(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
+    """Per-case timings as CSV (seconds with 3 decimals), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TIMING_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in row.items()})
+    return atomic_write_text(path, buffer.getvalue())

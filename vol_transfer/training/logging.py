@@ -1,0 +1,140 @@
+"""What a training run writes while it runs: TensorBoard events, ``metrics.csv`` and a progress bar.
+
+Only the main process logs. ``metrics.csv`` is rewritten atomically at every log step (it is
+small), so it is always complete; on resume, rows after the resumed iteration are dropped so the
+file reads as if the run had never stopped. TensorBoard events after that iteration are purged too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from vol_transfer.io.atomic import atomic_write_text
+
+# A fixed palette for label overlays: class k → colour (background transparent).
+_PALETTE = np.array(
+    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180]],
+    dtype=np.float32,
+) / 255.0
+
+
+class MetricsTable:
+    """``metrics.csv``: one row per logged iteration; columns grow as new metrics appear."""
+
+    def __init__(self, path: Path, resume_iteration: int | None = None) -> None:
+        self.path = Path(path)
+        self.columns: list[str] = ["iteration"]
+        self.rows: list[dict[str, Any]] = []
+        if resume_iteration is not None and self.path.is_file():
+            with self.path.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                self.columns = list(reader.fieldnames or ["iteration"])
+                self.rows = [r for r in reader if r.get("iteration") and int(r["iteration"]) <= resume_iteration]
+
+    def add(self, iteration: int, values: Mapping[str, Any]) -> None:
+        row = next((r for r in self.rows if int(r["iteration"]) == iteration), None)
+        if row is None:
+            row = {"iteration": iteration}
+            self.rows.append(row)
+        for key, value in values.items():
+            if key not in self.columns:
+                self.columns.append(key)
+            row[key] = _format(value)
+
+    def write(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def overlay_slice(image: np.ndarray, label: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+    """An RGB ``(3, H, W)`` float image: a grey slice with the label's classes in colour."""
+    grey = image.astype(np.float32)
+    low, high = np.percentile(grey, [1, 99]) if grey.size else (0.0, 1.0)
+    grey = np.clip((grey - low) / max(float(high - low), 1e-6), 0, 1)
+    rgb = np.repeat(grey[None], 3, axis=0)
+    if label is not None:
+        classes = np.clip(label.astype(np.int64), 0, len(_PALETTE) - 1)
+        colour = _PALETTE[classes].transpose(2, 0, 1)
+        mask = (classes > 0)[None]
+        rgb = np.where(mask, (1 - alpha) * rgb + alpha * colour, rgb)
+    return rgb.astype(np.float32)
+
+
+class RunLogger:
+    """TensorBoard + metrics.csv + tqdm for one run; every method is a no-op on non-main ranks."""
+
+    def __init__(self, run_dir: Path, total_iterations: int, start_iteration: int = 0,
+                 enabled: bool = True, progress: bool = True, resumed: bool = False) -> None:
+        self.enabled = enabled
+        self.metrics = None
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        run_dir = Path(run_dir)
+        self.metrics = MetricsTable(run_dir / "metrics.csv", start_iteration if resumed else None)
+        # purge_step drops events a killed run wrote after its last checkpoint
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration + 1 if resumed else None)
+        self.bar = tqdm(total=total_iterations, initial=start_iteration, desc="train", unit="it",
+                        dynamic_ncols=True, file=sys.stderr, disable=not progress, mininterval=1.0)
+
+    def scalars(self, iteration: int, values: Mapping[str, float], csv_row: bool = True) -> None:
+        if not self.enabled:
+            return
+        for key, value in values.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.writer.add_scalar(key, float(value), iteration)
+        if csv_row:
+            self.metrics.add(iteration, {k.replace("/", "_"): v for k, v in values.items()})
+            self.metrics.write()
+
+    def image(self, iteration: int, tag: str, rgb: np.ndarray) -> None:
+        if self.enabled:
+            self.writer.add_image(tag, rgb, iteration, dataformats="CHW")
+
+    def progress(self, iteration: int, postfix: Mapping[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        self.bar.n = iteration
+        if postfix:
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                 refresh=False)
+        self.bar.refresh()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.bar.close()
+        self.writer.flush()
+        self.writer.close()
+
+
+def class_columns(prefix: str, class_names: Sequence[str], values: Sequence[float]) -> dict[str, float]:
+    """``{"val/dice_anterior": 0.8, ...}`` for the foreground classes."""
+    return {f"{prefix}_{name}": float(v) for name, v in zip(class_names, values)}
