@@ -481,8 +481,9 @@ class TaskSpec:
 
 
 _TASKS: dict[str, TaskSpec] = {}
-# Where a task lives by convention: vol_transfer.training.<task name>; imported on first use.
+# Where a task lives: vol_transfer.training.<task name> by convention, or listed here; imported on first use.
 _TASK_PACKAGE = "vol_transfer.training"
+_TASK_MODULES = {"study": "vol_transfer.studies.plan"}
 
 
 def register_task(name: str, config_cls: type, run_fn: Callable[..., Any]) -> TaskSpec:
@@ -497,7 +498,7 @@ def register_task(name: str, config_cls: type, run_fn: Callable[..., Any]) -> Ta
 def _import_task_module(name: str) -> None:
     if not name.isidentifier():
         return
-    module_name = f"{_TASK_PACKAGE}.{name}"
+    module_name = _TASK_MODULES.get(name, f"{_TASK_PACKAGE}.{name}")
     try:
         importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -507,7 +508,7 @@ def _import_task_module(name: str) -> None:
 
 def registered_tasks() -> list[str]:
     """Names of the tasks registered so far (known task modules are imported first)."""
-    for name in ("segmentation", "classification", "pretext"):
+    for name in ("segmentation", "classification", "pretext", *_TASK_MODULES):
         if name not in _TASKS:
             try:
                 _import_task_module(name)

@@ -7,6 +7,7 @@ import csv
 import nibabel as nib
 import numpy as np
 
+from vol_transfer.io.manifest import read_manifest, validate_manifest
 from vol_transfer.demo.synthetic import hippocampus_case, tumour_case, write_dataset
 
 
@@ -30,10 +31,13 @@ def test_tumour_case_follows_brats_labels_and_flair_shows_oedema() -> None:
 
 def test_write_dataset_writes_manifest_and_readable_nifti(tmp_path) -> None:
     manifest = write_dataset(tmp_path, "tumour", count=5, seed=1)
-    rows = list(csv.DictReader(open(manifest)))
+    rows = list(csv.DictReader(line for line in open(manifest) if not line.startswith("#")))
     assert [r["split"] for r in rows] == ["train", "train", "train", "validation", "test"]
     first = rows[0]
     flair = nib.load(tmp_path / first["flair"])
     label = nib.load(tmp_path / first["label"])
     assert flair.shape == label.shape and np.allclose(flair.affine, label.affine)
     assert nib.aff2axcodes(flair.affine) == ("L", "P", "S")
+    loaded = read_manifest(manifest, data_root=tmp_path)
+    assert validate_manifest(loaded, deep=True).ok
+    assert loaded.channel_names == ["flair", "t1c"] or tuple(loaded.channel_names) == ("flair", "t1c")

@@ -84,11 +84,19 @@ def test_every_volume_gets_patches_per_volume_patches_per_epoch():
     assert sorted(np.bincount(items.numpy()).tolist()) == [4] * 5
 
 
-def test_two_workers_give_the_same_batches_as_none():
+@pytest.mark.parametrize("cache", [False, True])  # workers share out visits / whole batches
+def test_two_workers_give_the_same_batches_as_none(cache):
     serial = take(make_loader(), 8)
-    parallel = take(make_loader(num_workers=2), 8)
+    parallel = take(make_loader(num_workers=2, cache=cache), 8)
     assert [b["index"] for b in parallel] == list(range(8))
     assert same(serial, parallel)
+
+
+def test_resume_with_workers_and_cache_is_exact():
+    reference = take(make_loader(), 7)
+    loader = make_loader(num_workers=2, cache=True)
+    loader.load_state_dict({"seed": 5, "next_batch": 3, "fingerprint": loader.stream.fingerprint()})
+    assert same(take(loader, 4), reference[3:])
 
 
 def test_resume_from_state_dict_is_exact():
@@ -130,9 +138,10 @@ def test_load_errors_name_the_item():
     loader = PatchLoader(["case_9"], broken, UniformSampler(4))
     with pytest.raises(InputDataError, match="case_9.*label shape"):
         take(loader, 1)
-    in_worker = PatchLoader(["case_9"], broken_load, UniformSampler(4), num_workers=1)
-    with pytest.raises(InputDataError, match="case_9.*label shape"):
-        take(in_worker, 1)
+    for cache in (False, True):
+        in_worker = PatchLoader(["case_9"], broken_load, UniformSampler(4), num_workers=1, cache=cache)
+        with pytest.raises(InputDataError, match="case_9.*label shape"):
+            take(in_worker, 1)
     with pytest.raises(SamplingError, match="no volumes"):
         PatchLoader([], broken, UniformSampler(4))
 

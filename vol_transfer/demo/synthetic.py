@@ -122,7 +122,11 @@ def write_dataset(
         split = "train" if index < n_train else "validation" if index < n_train + n_val else "test"
         rows.append({"subject_id": subject, "split": split, **paths})
     manifest = folder / f"{task}.csv"
+    labels = ("0,1,2", "background,anterior,posterior") if task == "hippocampus" else (
+        "0,1,2,4", "background,necrosis,oedema,enhancing")
     with atomic_path(manifest) as tmp, open(tmp, "w", newline="") as handle:
+        handle.write(f"# kind: segmentation\n# labels: {labels[0]}\n# label_names: {labels[1]}\n")
+        handle.write(f"# dataset: synthetic {task}-like volumes made by vol_transfer.demo (seed {seed})\n")
         writer = csv.DictWriter(handle, fieldnames=["subject_id", "split", *channels, "label"])
         writer.writeheader()
         writer.writerows(rows)

@@ -205,6 +205,7 @@ class Predictor:
     options: InferenceOptions = field(default_factory=InferenceOptions)
     label_map: dict[int, int] | None = None
     name: str = "model"
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, options: InferenceOptions | None = None,
@@ -222,7 +223,7 @@ class Predictor:
             channels = [f"channel_{i}" for i in range(int(architecture.get("in_channels", 1)))]
         return cls(model=model, channels=channels, preprocessing=metadata.get("preprocessing"),
                    options=options or InferenceOptions(), label_map=parse_label_map(map_labels, metadata),
-                   name=str(path))
+                   name=str(path), metadata=dict(metadata))
 
     def check_channels(self, case: Case, volume: Volume) -> None:
         expected = len(self.channels)
@@ -240,6 +241,24 @@ class Predictor:
             paths.append(out_dir / f"{case.name}_prob.nii.gz")
         return paths
 
+    def _logits(self, prepared: Volume, label: str) -> torch.Tensor:
+        progress = label if self.options.progress else False
+        return predict_logits(self.model, prepared.array, self.options, progress=progress)
+
+    def _labels(self, logits: torch.Tensor, inverse: Any) -> np.ndarray:
+        labels = inverse.restore(logits.argmax(0).to(torch.uint8).numpy(), order="nearest").astype(np.uint8)
+        return _apply_label_map(labels, self.label_map)
+
+    def predict_volume(self, volume: Volume) -> np.ndarray:
+        """Label map (uint8) of an in-memory volume, on the volume's own grid; nothing is written."""
+        from vol_transfer.preprocessing.pipeline import Preprocessor
+
+        if volume.num_channels != len(self.channels):
+            raise CheckpointError(volume.name, f"has {volume.num_channels} channel(s) but {self.name} expects "
+                                  f"{len(self.channels)} ({', '.join(self.channels)})", "pass one image per channel")
+        prepared, inverse = Preprocessor.from_spec(self.preprocessing).apply(volume)
+        return self._labels(self._logits(prepared, volume.name), inverse)
+
     def predict_case(self, case: Case, out_dir: PathLike, *, probabilities: bool = False,
                      overwrite: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
         """Segment one case, write its outputs, return its timing row."""
@@ -254,11 +273,9 @@ class Predictor:
         prepped = time.perf_counter()
         plan = plan_inference(self.model, prepared.spatial_shape, self.options)
         say(f"{case.name}: {plan.describe()}")
-        progress = case.name if self.options.progress else False
-        logits = predict_logits(self.model, prepared.array, self.options, progress=progress)
+        logits = self._logits(prepared, case.name)
         predicted = time.perf_counter()
-        labels = inverse.restore(logits.argmax(0).to(torch.uint8).numpy(), order="nearest").astype(np.uint8)
-        labels = _apply_label_map(labels, self.label_map)
+        labels = self._labels(logits, inverse)
         seg_path, *prob_path = self.output_paths(case, out_dir, probabilities)
         save_volume(labels, seg_path, reference=volume, dtype=np.uint8, overwrite=overwrite)
         if prob_path:

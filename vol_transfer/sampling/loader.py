@@ -28,12 +28,18 @@ augmentation by ``(seed, visit, draw)``). Visits are grouped in *blocks* of
 ``volumes_per_block`` — the bounded queue — whose patches are shuffled together (seeded by
 ``(seed, block)``); batch ``b`` is patches ``b·B … b·B + B - 1`` of that stream.
 
-Workers: DataLoader worker ``w`` of ``W`` computes visits ``v ≡ w (mod W)`` — loading, sampler
-index, centres, extraction and augmentation — and DataLoader hands them back in visit order, so
-each volume is read once per visit by one worker and the result does not depend on ``W``. The
-main process only shuffles a block's patches into batches (a copy per batch). Memory: one block
-of patches in the main process, plus ``prefetch_factor`` visits per worker. Resuming recomputes
-at most one block: the next batch number is the whole state.
+Workers share the work in one of two ways; both give exactly the stream above, for any ``W``:
+
+* default: DataLoader worker ``w`` of ``W`` computes visits ``v ≡ w (mod W)`` — loading, sampler
+  index, centres, extraction, augmentation — so each volume is read once per visit by one worker;
+  the main process shuffles a block's patches into batches (one copy per batch). Memory: one
+  block of patches in the main process plus ``prefetch_factor`` visits per worker.
+* ``cache=True`` (volumes held in memory, as the training engine does): every worker keeps every
+  volume and its sampler index, and worker ``w`` builds whole batches ``b ≡ w (mod W)`` in shared
+  memory; the main process only passes them on.
+
+DataLoader returns worker results round-robin, i.e. in stream order. Resuming recomputes at most
+one block: the next batch number is the whole state.
 """
 
 from __future__ import annotations
@@ -103,12 +109,16 @@ class PatchStream(IterableDataset):
         self.cache = cache
         self.first_visit = 0
         self.stop_visit: int | None = None
+        self.first_batch = 0
+        self.stop_batch: int | None = None
         self.reset()
 
     def reset(self) -> None:
         """Forget every cached volume and order (after changing the seed)."""
         self._volumes: dict[int, LoadedVolume] = {}
         self._orders: dict[int, np.ndarray] = {}
+        self._shuffles: dict[int, np.ndarray] = {}
+        self._centres: dict[int, np.ndarray] = {}
 
     # --- the pure stream -------------------------------------------------------------------------
     @property
@@ -125,7 +135,34 @@ class PatchStream(IterableDataset):
 
     def block_order(self, block: int) -> np.ndarray:
         """Slot (visit_in_block · N + draw) of each position of a block's shuffled patches."""
-        return np.random.default_rng([self.seed, _SHUFFLE, block]).permutation(self.patches_per_block)
+        if block not in self._shuffles:
+            if len(self._shuffles) > 8:
+                self._shuffles.clear()
+            self._shuffles[block] = np.random.default_rng([self.seed, _SHUFFLE, block]).permutation(
+                self.patches_per_block)
+        return self._shuffles[block]
+
+    def locate(self, patch: int) -> tuple[int, int]:
+        """Global patch number → (visit, draw within that visit)."""
+        block, position = divmod(patch, self.patches_per_block)
+        visit_in_block, draw = divmod(int(self.block_order(block)[position]), self.patches_per_volume)
+        return block * self.volumes_per_block + visit_in_block, draw
+
+    def centres(self, visit: int, volume: LoadedVolume) -> np.ndarray:
+        """The window centres of one visit, ``(patches_per_volume, 3)``."""
+        if visit not in self._centres:
+            if len(self._centres) > 8 * self.volumes_per_block:
+                self._centres.clear()
+            rng = np.random.default_rng([self.seed, _CENTRES, visit])
+            self._centres[visit] = self.sampler.draw(volume.prepared, self.patches_per_volume, rng)
+        return self._centres[visit]
+
+    def _patch(self, volume: LoadedVolume, visit: int, draw: int):
+        params = None
+        if self.augmentation is not None:
+            params = self.augmentation.draw(np.random.default_rng([self.seed, _AUGMENT, visit, draw]))
+        return extract_patch(volume.image, volume.label, self.centres(visit, volume)[draw], self.sampler.window,
+                             params, self.image_fill, self.padding_label)
 
     def visit(self, visit: int) -> dict[str, Any]:
         """The ``patches_per_volume`` patches of one volume visit (deterministic; loads the volume)."""
@@ -134,7 +171,7 @@ class PatchStream(IterableDataset):
         if self.cache:
             self._volumes[item] = volume
         n, window = self.patches_per_volume, tuple(self.sampler.window)
-        centres = self.sampler.draw(volume.prepared, n, np.random.default_rng([self.seed, _CENTRES, visit]))
+        centres = self.centres(visit, volume)
         image = torch.empty((n, volume.image.shape[0]) + window, dtype=torch.float32)
         valid = torch.empty((n,) + window, dtype=torch.bool)
         label = None if volume.label is None else torch.empty((n,) + window, dtype=torch.int16)  # int64 in batches
@@ -142,12 +179,8 @@ class PatchStream(IterableDataset):
             for tensor in (image, valid, label):
                 if tensor is not None:
                     tensor.share_memory_()
-        for j, centre in enumerate(centres):
-            params = None
-            if self.augmentation is not None:
-                params = self.augmentation.draw(np.random.default_rng([self.seed, _AUGMENT, visit, j]))
-            patch = extract_patch(volume.image, volume.label, centre, window, params, self.image_fill,
-                                  self.padding_label)
+        for j in range(n):
+            patch = self._patch(volume, visit, j)
             # numpy assignment, not Tensor.copy_: copy_ goes through the intra-op thread pool,
             # which measured 10× slower for these small copies on a busy machine
             image[j].numpy()[...] = patch.image
@@ -163,10 +196,7 @@ class PatchStream(IterableDataset):
         while True:
             held = []
             for k in range(self.volumes_per_block):
-                visit = next(visits)
-                if "error" in visit:
-                    kind, where, problem, fix = visit["error"]
-                    raise kind(where, problem, fix)
+                visit = _raise_error(next(visits))
                 if visit["visit"] != block * self.volumes_per_block + k:
                     raise RuntimeError(f"visit {visit['visit']} arrived out of order")  # a bug, not user error
                 held.append(visit)
@@ -204,16 +234,67 @@ class PatchStream(IterableDataset):
         return batch
 
     def batch(self, index: int) -> dict[str, Any]:
-        """Batch ``index`` of the stream, computed in this process (for checks and tests)."""
-        first_patch = index * self.batch_size
-        first_visit = first_patch // self.patches_per_block * self.volumes_per_block
-        patches = self.patches_from(first_patch, (self.visit(v) for v in itertools.count(first_visit)))
-        return self.assemble(index, [next(patches) for _ in range(self.batch_size)])
+        """Batch ``index``, computed here from the volumes it needs (what workers do with ``cache``)."""
+        located = [self.locate(p) for p in range(index * self.batch_size, (index + 1) * self.batch_size)]
+        if not self.cache:  # keep only the volumes of the blocks in use
+            blocks = {v // self.volumes_per_block for v, _ in located}
+            needed = {self.item_of_visit(b * self.volumes_per_block + k)
+                      for b in blocks for k in range(self.volumes_per_block)}
+            self._volumes = {item: v for item, v in self._volumes.items() if item in needed}
+        volumes = []
+        for visit, _ in located:
+            item = self.item_of_visit(visit)
+            if item not in self._volumes:
+                self._volumes[item] = self._load(item)
+            volumes.append(self._volumes[item])
+        window = tuple(self.sampler.window)
+        channels = volumes[0].image.shape[0]
+        image = torch.empty((len(located), channels) + window, dtype=torch.float32)
+        valid = torch.empty((len(located),) + window, dtype=torch.bool)
+        has_labels = all(v.label is not None for v in volumes)
+        label = torch.empty((len(located),) + window, dtype=torch.int64) if has_labels else None
+        if get_worker_info() is not None and self.dtype == torch.float32:
+            for tensor in (image, valid, label):  # filled in place in shared memory: no copy when sent
+                if tensor is not None:
+                    tensor.share_memory_()
+        for slot, ((visit, draw), volume) in enumerate(zip(located, volumes)):
+            if volume.image.shape[0] != channels:
+                raise InputDataError(_describe(self.items[self.item_of_visit(visit)]),
+                                     f"has {volume.image.shape[0]} channels, others {channels}",
+                                     "give every volume the same channels")
+            patch = self._patch(volume, visit, draw)
+            image[slot].numpy()[...] = patch.image
+            valid[slot].numpy()[...] = patch.valid
+            if label is not None:
+                label[slot].numpy()[...] = patch.label
+        batch: dict[str, Any] = {
+            "image": image if self.dtype == torch.float32 else image.to(self.dtype),
+            "valid": valid,
+            "centre": torch.from_numpy(np.stack([self.centres(v, vol)[d] for (v, d), vol in zip(located, volumes)])
+                                       .astype(np.int64)),
+            "item": torch.tensor([self.item_of_visit(v) for v, _ in located], dtype=torch.int64),
+            "index": index,
+        }
+        if label is not None:
+            batch["label"] = label
+        return batch
 
     # --- as a dataset of visits, sharded over workers ----------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if self.cache:  # every worker holds every volume: share out whole batches, nothing to assemble
+            index = self.first_batch + worker
+            while self.stop_batch is None or index < self.stop_batch:
+                try:
+                    yield self.batch(index)
+                except VolTransferError as error:
+                    if info is None:
+                        raise
+                    yield {"index": index, "error": (type(error), error.where, error.problem, error.fix)}
+                    return
+                index += workers
+            return
         visit = self.first_visit + worker
         while self.stop_visit is None or visit < self.stop_visit:
             try:
@@ -317,27 +398,32 @@ class PatchLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
         size, per_block, per_visit = stream.batch_size, stream.patches_per_block, stream.volumes_per_block
+        if self.num_batches is not None and self.next_batch >= self.num_batches:
+            return
         first_patch = self.next_batch * size
+        stream.first_batch, stream.stop_batch = self.next_batch, self.num_batches
         stream.first_visit = first_patch // per_block * per_visit
         stream.stop_visit = None
         if self.num_batches is not None:
-            if self.next_batch >= self.num_batches:
-                return
             stream.stop_visit = ((self.num_batches * size - 1) // per_block + 1) * per_visit
+        source: Iterator = iter(stream)
         if self.num_workers > 0:
-            visits: Iterator = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                               prefetch_factor=self.prefetch_factor))
+            source = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                     prefetch_factor=self.prefetch_factor))
+        if stream.cache:
+            batches: Iterator = (_raise_error(b) for b in source)
         else:
-            visits = iter(stream)
-        patches = stream.patches_from(first_patch, visits)
-        index = self.next_batch
-        while self.num_batches is None or index < self.num_batches:
-            batch = stream.assemble(index, [next(patches) for _ in range(size)])
+            patches = stream.patches_from(first_patch, source)
+            indices = itertools.count(self.next_batch) if self.num_batches is None else \
+                range(self.next_batch, self.num_batches)
+            batches = (stream.assemble(i, [next(patches) for _ in range(size)]) for i in indices)
+        for batch in batches:
+            if self.num_batches is not None and batch["index"] >= self.num_batches:
+                return
             if self.pin_memory:
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            self.next_batch = index + 1
+            self.next_batch = batch["index"] + 1
             yield batch
-            index += 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.stream.seed, "next_batch": self.next_batch, "fingerprint": self.stream.fingerprint()}
@@ -350,6 +436,14 @@ class PatchLoader:
             self.stream.seed = int(state["seed"])
             self.stream.reset()
         self.next_batch = int(state["next_batch"])
+
+
+def _raise_error(item: dict[str, Any]) -> dict[str, Any]:
+    """Re-raise a user error sent from a worker as its fields (see ``PatchStream.__iter__``)."""
+    if "error" in item:
+        kind, where, problem, fix = item["error"]
+        raise kind(where, problem, fix)
+    return item
 
 
 class SubjectLoader:

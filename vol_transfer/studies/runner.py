@@ -61,7 +61,9 @@ def _train_arm(arm: Arm, recipe: Path, data_root: Path | None) -> tuple[Arm, int
     with open(arm.run_dir / "train.log", "a") as log:
         log.write(f"$ {shell_line(command)}\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # busy-waiting OpenMP threads of parallel arms starve each other on a shared CPU
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return arm, code
 
 
@@ -86,10 +88,15 @@ def train_arms(plan: StudyPlan, recipe: Path, data_root: Path | None, parallel: 
 
 
 def read_curve(metrics_csv: Path) -> list[CurvePoint]:
-    """The training curve from an arm's ``metrics.csv`` (columns as the engine writes them)."""
+    """The training curve from an arm's ``metrics.csv`` (columns as the engine writes them).
+
+    Wall time is the ``elapsed_s`` column; logs without it get the running sum of step times
+    (which leaves out validation time).
+    """
     if not metrics_csv.is_file():
         return []
-    points = []
+    points: list[CurvePoint] = []
+    elapsed, last_iteration = 0.0, 0
     with open(metrics_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             def number(*names: str) -> float:
@@ -98,25 +105,39 @@ def read_curve(metrics_csv: Path) -> list[CurvePoint]:
                         return float(row[name])
                 return math.nan
 
+            iteration = int(float(row["iteration"]))
+            step = number("perf_step_time_s")
+            if not math.isnan(step):
+                elapsed += step * (iteration - last_iteration)
+            last_iteration = iteration
+            wall = number("elapsed_s")
             points.append(CurvePoint(
-                iteration=int(float(row["iteration"])),
-                wall_time=number("wall_s", "elapsed_s", "time_s"),
-                train_loss=number("train_loss", "loss"),
+                iteration=iteration,
+                wall_time=elapsed if math.isnan(wall) else wall,
+                train_loss=number("train_loss"),
                 val_loss=number("val_loss"),
-                val_dice=number("val_dice_mean", "val_mean_dice", "val_dice"),
+                val_dice=number("val_dice_mean"),
             ))
     return points
+
+
+def mean_step_time(metrics_csv: Path) -> float:
+    """Mean of the logged ``perf_step_time_s`` values (seconds per iteration)."""
+    if not metrics_csv.is_file():
+        return math.nan
+    with open(metrics_csv, newline="") as handle:
+        values = [float(r["perf_step_time_s"]) for r in csv.DictReader(handle) if r.get("perf_step_time_s")]
+    return float(sum(values) / len(values)) if values else math.nan
 
 
 def collect_arm(arm: Arm, evaluation: dict[str, list[float]]) -> ArmResult:
     summary = json.loads((arm.run_dir / SUMMARY).read_text())
     curve = read_curve(arm.run_dir / "metrics.csv")
-    step_times = summary.get("step_time_s") or summary.get("mean_step_s")
     return ArmResult(
         name=arm.name, subset=arm.subset, subset_size=arm.subset_size or summary.get("train_cases", 0), seed=arm.seed,
         best_iteration=int(summary.get("best_iteration") or summary.get("iterations") or 0),
         dice=evaluation, curve=curve,
-        step_time=float(step_times) if step_times is not None else math.nan,
+        step_time=mean_step_time(arm.run_dir / "metrics.csv"),
         wall_time=float(summary.get("wall_s", math.nan)),
     )
 
@@ -156,6 +177,7 @@ def run_study(
         raise RecipeError("recipe", f"a study's target recipe must be a segmentation recipe, not {task!r}",
                           "point 'recipe:' at e.g. recipes/brats_tc_finetune_cpu.yaml")
     manifest = Path(target.data.manifest)
+    evaluation_root = data_root or target.data.data_root  # --data-root wins, as in `vol-transfer train`
     plan = plan_study(config, folder, manifest, target.data.train_split)
     commands = write_commands(plan, Path(config.recipe), data_root)
     if commands_only:
@@ -176,7 +198,7 @@ def run_study(
             continue
         echo(f"evaluating {arm.label} on {', '.join(config.evaluate_splits)}")
         arm_manifest = next((Path(o.split("=", 1)[1]) for o in arm.overrides if o.startswith("data.manifest=")), manifest)
-        results.append(collect_arm(arm, evaluate_arm(arm, arm_manifest, data_root, config.evaluate_splits)))
+        results.append(collect_arm(arm, evaluate_arm(arm, arm_manifest, evaluation_root, config.evaluate_splits)))
     if not results:
         raise InputDataError(folder, "no finished arm to report", "train the arms first (drop --report-only)")
     title = config.title or ("Layer-freezing ablation" if config.kind == "freeze_ablation" else "Training-set-size study")
