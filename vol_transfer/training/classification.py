@@ -55,7 +55,9 @@ from vol_transfer.training.image_data import (
     with_data_root,
 )
 from vol_transfer.training.pretext import PretextConfig, run_pretext, transfer_encoder
-from vol_transfer.transfer.groups import group_parameters, layer_groups_of
+from vol_transfer.transfer.freezing import set_frozen
+from vol_transfer.transfer.groups import layer_groups_of
+from vol_transfer.transfer.lr_groups import make_optimizer as make_grouped_optimizer
 
 
 def _default_network() -> dict[str, Any]:
@@ -138,23 +140,18 @@ def _initialise(
 
 def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """One parameter group per layer group; earlier groups get ``lr × group_lr_decay^k``."""
-    grouped = list(group_parameters(model).items())
-    param_groups = []
-    for depth, (name, params) in enumerate(reversed(grouped)):
-        if params:
-            param_groups.append({"params": params, "lr": optim.lr * optim.group_lr_decay**depth, "name": name})
-    if optim.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    return torch.optim.Adam(param_groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    options = {"momentum": optim.momentum} if optim.name == "sgd" else {}
+    return make_grouped_optimizer(model, optim.name, optim.lr, optim.weight_decay, decay=optim.group_lr_decay,
+                                  **options)
 
 
 def set_trainable(model: nn.Module, head_only: bool) -> None:
-    """Freeze every layer group but the last (the head) when ``head_only``; else unfreeze all."""
-    groups = layer_groups_of(model)
-    head = next(reversed(groups))
-    for name, params in group_parameters(model).items():
-        for param in params:
-            param.requires_grad_(not head_only or name == head)
+    """Freeze every layer group but the last (the head) when ``head_only``; else unfreeze all.
+
+    The optimizer keeps every group (frozen parameters get no gradient, so no update and no decay).
+    """
+    groups = list(layer_groups_of(model))
+    set_frozen(model, groups[:-1] if head_only else [])
 
 
 @torch.no_grad()
