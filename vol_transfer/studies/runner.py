@@ -30,6 +30,27 @@ from vol_transfer.studies.report import write_report
 from vol_transfer.studies.results import ArmResult, CurvePoint
 
 SUMMARY = "summary.json"
+# The published numbers (REFERENCE.md §1), printed beside ours for comparison.
+STUDY_ABLATION_TABLE = """\
+| arm | train | validation |
+|---|---|---|
+| scratch | 0.5334 | 0.4602 |
+| model_1 | 0.6389 | 0.4785 |
+| model_2 | 0.6748 | 0.4377 |
+| model_3 | 0.6406 | 0.4071 |
+| model_4 | 0.2371 | 0.2109 |
+| model_5 | 0.0556 | 0.0447 |
+
+(BraTS 2018 HGG, T1+T2, 105 training cases, full-size network, 96³ windows, V100.)"""
+STUDY_SIZE_TABLE = """\
+| subset | scratch | model_1 | model_2 | model_3 |
+|---|---|---|---|---|
+| S1 (26) | 0.4261 (500) | 0.4312 (500) | 0.3611 (500) | 0.3388 (500) |
+| S2 | 0.4526 (1000) | 0.4819 (500) | 0.4708 (500) | 0.4677 (500) |
+| S3 | 0.4175 (1000) | 0.4540 (1000) | 0.4918 (1000) | 0.4675 (1000) |
+| S4 (105) | 0.5103 (5000) | 0.5565 (1500) | 0.4550 (1500) | 0.5019 (1500) |
+
+(test Dice, iteration of the chosen checkpoint in brackets; BraTS 2018 HGG, T1+T2.)"""
 EVALUATION = "evaluation.json"
 
 
@@ -206,7 +227,9 @@ def run_study(
         f"Target recipe `{config.recipe}`; seeds {config.seeds}; evaluation of each arm's best checkpoint "
         f"(validation Dice) on {', '.join(config.evaluate_splits)}. Arm commands: `commands.sh`."
     )
-    report = write_report(results, folder, title=title, kind=config.kind, threshold=config.threshold, notes=notes)
+    reference = STUDY_ABLATION_TABLE if config.kind == "freeze_ablation" else STUDY_SIZE_TABLE
+    report = write_report(results, folder, title=title, kind=config.kind, threshold=config.threshold, notes=notes,
+                          reference_table=reference)
     echo(f"report: {report}  ({(time.perf_counter() - started) / 60:.1f} min)")
     echo(report.read_text())
     return {"report": str(report), "arms": len(results)}
