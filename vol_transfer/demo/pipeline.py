@@ -130,6 +130,8 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, say: Callable[[str], Non
     report = "\n".join(lines)
     atomic_write_text(out / "dice.md", report + "\n")
     say(report)
+    say("(minutes of CPU training on synthetic data: this checks the pipeline, it is no evidence for or against "
+        "transfer — the real comparison is the freezing study below)")
     say(f"predictions: {out / 'predictions'}   TensorBoard: tensorboard --logdir {out}")
     say(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     say(REAL_DATA_COMMANDS)
