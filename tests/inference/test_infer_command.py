@@ -13,7 +13,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 from torch import nn

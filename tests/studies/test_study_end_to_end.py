@@ -17,12 +17,12 @@ def study_setup(tmp_path_factory):
     data = root / "data"
     hippocampus = write_dataset(data, "hippocampus", 6, seed=1)
     tumour = write_dataset(data, "tumour", 6, seed=2, splits=(0.5, 0.25))
-    common = f"""
-        network: {{name: highres3dnet, options: {{width: 0.25}}}}
-        preprocessing: {{orientation: RAS, intensity: [{{kind: zscore, mask: nonzero}}]}}
-        training: {{iterations: 3, batch_size: 1, window: [16, 16, 16], threads: 2, log_every: 1}}
-        validation: {{every: 3}}
-        checkpoint: {{every: 3}}
+    common = """
+        network: {name: highres3dnet, options: {width: 0.25}}
+        preprocessing: {orientation: RAS, intensity: [{kind: zscore, mask: nonzero}]}
+        training: {iterations: 3, batch_size: 1, window: [16, 16, 16], threads: 2, log_every: 1}
+        validation: {every: 3}
+        checkpoint: {every: 3}
     """
     (root / "source.yaml").write_text(textwrap.dedent(f"""
         task: segmentation

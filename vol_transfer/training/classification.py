@@ -52,7 +52,7 @@ from vol_transfer.training.image_data import (
     epoch_indices,
     load_image_set,
     to_batch,
-    with_data_root,
+    start_image_run,
 )
 from vol_transfer.training.pretext import PretextConfig, run_pretext, transfer_encoder
 from vol_transfer.transfer.freezing import set_frozen
@@ -242,12 +242,7 @@ def run_classification(
 
     from vol_transfer.transfer.checkpoint import make_metadata, save_checkpoint
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
-    data = with_data_root(config.data, data_root)
+    run_dir, rng, data = start_image_run(run_dir, config.seed, config.threads, config.data, data_root)
     train = load_image_set(data, config.train_split, progress=progress)
     validation = load_image_set(data, config.validation_split, progress=progress)
     print(f"train {len(train)} images {dict(zip(train.classes, train.class_counts()))}, "

@@ -103,6 +103,17 @@ def with_data_root(config: ImageDataConfig, data_root: str | Path | None) -> Ima
     return dataclasses.replace(config, data_root=str(data_root))
 
 
+def start_image_run(
+    run_dir: str | Path, seed: int, threads: int, data: ImageDataConfig, data_root: str | Path | None
+) -> tuple[Path, np.random.Generator, ImageDataConfig]:
+    """Common start of a 2D run: make the folder, seed torch and numpy, set threads, fill the data root."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return run_dir, np.random.default_rng(seed), with_data_root(data, data_root)
+
+
 def to_batch(images: np.ndarray, hflip: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:
     """uint8 images → float32 tensor in [0, 1]; each image flipped left-right with probability ½."""
     batch = scale_uint8(images)

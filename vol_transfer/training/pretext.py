@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -35,7 +34,7 @@ from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.nets import build_network
 from vol_transfer.recipes import config_to_dict, option, register_task
 from vol_transfer.training.genesis import GenesisCorruption
-from vol_transfer.training.image_data import ImageDataConfig, load_image_set, to_batch, with_data_root
+from vol_transfer.training.image_data import ImageDataConfig, load_image_set, start_image_run, to_batch
 from vol_transfer.transfer.adapt import TransferReport, transfer_weights
 
 ENCODER_PREFIX = "encoder."
@@ -112,12 +111,7 @@ def run_pretext(
 
     from vol_transfer.transfer.checkpoint import make_metadata, save_checkpoint
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
-    data = with_data_root(config.data, data_root)
+    run_dir, rng, data = start_image_run(run_dir, config.seed, config.threads, config.data, data_root)
     images = load_image_set(data, config.splits, progress=progress).images
     architecture = {"name": "cbr_autoencoder", "in_channels": config.data.channels, "num_classes": config.data.channels}
     model = build_network(architecture)
