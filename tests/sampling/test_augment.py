@@ -145,3 +145,21 @@ def test_two_pass_resample_matches_trilinear_on_a_smooth_image():
     scale = exact.std()
     np.testing.assert_allclose(three_d, exact, atol=1e-4 * scale)
     assert np.abs(two_pass - exact).max() < 0.02 * scale
+
+
+@pytest.mark.parametrize("centre", [(2, 16, 17), (15, 1, 33), (29, 31, 0)])
+def test_border_window_reads_only_the_volume_and_equals_zero_padding(volume, centre):
+    """At the border only the part inside the volume is read (grid_sample's zero padding); the
+    result must equal augmenting an explicitly zero-padded copy, where nothing leaves the volume."""
+    image, label = volume
+    params = Augmentation(rotation_degrees=10, scaling=0.1).draw(np.random.default_rng(3))
+    window, margin = (12, 11, 10), 20
+    patch = extract_patch(image, label, centre, window, params)
+    padded_image = np.pad(image, [(0, 0)] + [(margin, margin)] * 3)
+    padded_label = np.pad(label, [(margin, margin)] * 3, constant_values=-1)
+    shifted = tuple(c + margin for c in centre)
+    reference = extract_patch(padded_image, padded_label, shifted, window, params)
+    assert (~patch.valid).any()  # the window really leaves the volume
+    np.testing.assert_allclose(patch.image, reference.image, atol=1e-5)
+    assert np.array_equal(patch.label, reference.label)
+    assert np.array_equal(patch.valid, reference.label != -1)

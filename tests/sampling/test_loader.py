@@ -57,7 +57,7 @@ def same(a: list[dict], b: list[dict]) -> bool:
 def test_batch_format():
     batch = take(make_loader(), 1)[0]
     assert batch["image"].shape == (3, 2, 12, 12, 12) and batch["image"].dtype == torch.float32
-    assert batch["label"].shape == (3, 12, 12, 12) and batch["label"].dtype == torch.int64
+    assert batch["label"].shape == (3, 12, 12, 12) and batch["label"].dtype == torch.int16
     assert batch["valid"].dtype == torch.bool and batch["centre"].shape == (3, 3)
     assert batch["item"].shape == (3,) and batch["index"] == 0
 

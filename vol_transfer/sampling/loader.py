@@ -7,7 +7,7 @@ API (what training code calls)::
                          num_workers=2, dtype=torch.float32, padding_label=-1, cache=False)
     for batch in loader:              # endless; stop after your iteration count
         batch["image"]   # (B, C, X, Y, Z) float32 (or ``dtype``), channels first
-        batch["label"]   # (B, X, Y, Z) int64; ``padding_label`` (-1) where the window left the volume
+        batch["label"]   # (B, X, Y, Z) int16; ``padding_label`` (-1) where the window left the volume
         batch["valid"]   # (B, X, Y, Z) bool; False on padding — multiply your loss by it
         batch["centre"]  # (B, 3) int64 window centres (voxel indices of the loaded volume)
         batch["item"]    # (B,) int64 index into ``items``
@@ -59,6 +59,13 @@ from vol_transfer.sampling.base import PatchSampler, PreparedVolume, SamplingErr
 
 LoadResult = tuple  # (image, label) or (image, label, weights)
 _ORDER, _SHUFFLE, _CENTRES, _AUGMENT = 0, 1, 2, 3  # generator streams, kept apart by a tag
+# Labels travel as int16 (−1 = padding fits): a quarter of int64's bytes between processes.
+# Losses that need int64 (cross-entropy) convert on the training device.
+LABEL_DTYPE = torch.int16
+
+
+def _as_numpy(patch: np.ndarray | torch.Tensor) -> np.ndarray:
+    return patch.numpy() if isinstance(patch, torch.Tensor) else patch
 
 
 @dataclass
@@ -172,23 +179,25 @@ class PatchStream(IterableDataset):
             self._volumes[item] = volume
         n, window = self.patches_per_volume, tuple(self.sampler.window)
         centres = self.centres(visit, volume)
-        image = torch.empty((n, volume.image.shape[0]) + window, dtype=torch.float32)
-        valid = torch.empty((n,) + window, dtype=torch.bool)
-        label = None if volume.label is None else torch.empty((n,) + window, dtype=torch.int16)  # int64 in batches
-        if get_worker_info() is not None:  # filled in place in shared memory: no copy when sent
-            for tensor in (image, valid, label):
-                if tensor is not None:
-                    tensor.share_memory_()
-        for j in range(n):
-            patch = self._patch(volume, visit, j)
+        result = {"visit": visit, "item": item, "centre": torch.from_numpy(centres.astype(np.int64))}
+        patches = [self._patch(volume, visit, j) for j in range(n)]
+        if get_worker_info() is None:  # in-process: batches copy straight from the patches
+            result.update(image=[p.image for p in patches], valid=[p.valid for p in patches],
+                          label=None if volume.label is None else [p.label for p in patches])
+            return result
+        # in a worker: filled in place in shared memory, so nothing is copied when sent
+        image = torch.empty((n, volume.image.shape[0]) + window, dtype=torch.float32).share_memory_()
+        valid = torch.empty((n,) + window, dtype=torch.bool).share_memory_()
+        label = None if volume.label is None else torch.empty((n,) + window, dtype=LABEL_DTYPE).share_memory_()
+        for j, patch in enumerate(patches):
             # numpy assignment, not Tensor.copy_: copy_ goes through the intra-op thread pool,
             # which measured 10× slower for these small copies on a busy machine
             image[j].numpy()[...] = patch.image
             valid[j].numpy()[...] = patch.valid
             if label is not None:
                 label[j].numpy()[...] = patch.label
-        return {"visit": visit, "item": item, "image": image, "label": label, "valid": valid,
-                "centre": torch.from_numpy(centres.astype(np.int64))}
+        result.update(image=image, valid=valid, label=label)
+        return result
 
     def patches_from(self, first_patch: int, visits: Iterator[dict[str, Any]]) -> Iterator[tuple[dict, int]]:
         """(visit, draw) of every patch from ``first_patch`` on; ``visits`` must start at its block."""
@@ -208,20 +217,20 @@ class PatchStream(IterableDataset):
     def assemble(self, index: int, patches: Sequence[tuple[dict, int]]) -> dict[str, Any]:
         """One batch from ``batch_size`` (visit, draw) pairs."""
         first = patches[0][0]
-        size = (len(patches),) + tuple(first["image"].shape[1:])
+        size = (len(patches),) + tuple(first["image"][patches[0][1]].shape)
         image = torch.empty(size, dtype=torch.float32)
         valid = torch.empty((len(patches),) + size[2:], dtype=torch.bool)
         has_labels = all(v["label"] is not None for v, _ in patches)
-        label = torch.empty((len(patches),) + size[2:], dtype=torch.int64) if has_labels else None
+        label = torch.empty((len(patches),) + size[2:], dtype=LABEL_DTYPE) if has_labels else None
         for slot, (visit, draw) in enumerate(patches):
-            if visit["image"].shape[1:] != size[1:]:
+            if tuple(visit["image"][draw].shape) != size[1:]:
                 raise InputDataError(_describe(self.items[visit["item"]]),
-                                     f"has {visit['image'].shape[1]} channels, others {size[1]}",
+                                     f"has {visit['image'][draw].shape[0]} channels, others {size[1]}",
                                      "give every volume the same channels")
-            image[slot].numpy()[...] = visit["image"][draw].numpy()
-            valid[slot].numpy()[...] = visit["valid"][draw].numpy()
+            image[slot].numpy()[...] = _as_numpy(visit["image"][draw])
+            valid[slot].numpy()[...] = _as_numpy(visit["valid"][draw])
             if label is not None:
-                label[slot].numpy()[...] = visit["label"][draw].numpy()
+                label[slot].numpy()[...] = _as_numpy(visit["label"][draw])
         batch: dict[str, Any] = {
             "image": image if self.dtype == torch.float32 else image.to(self.dtype),
             "valid": valid,
@@ -252,7 +261,7 @@ class PatchStream(IterableDataset):
         image = torch.empty((len(located), channels) + window, dtype=torch.float32)
         valid = torch.empty((len(located),) + window, dtype=torch.bool)
         has_labels = all(v.label is not None for v in volumes)
-        label = torch.empty((len(located),) + window, dtype=torch.int64) if has_labels else None
+        label = torch.empty((len(located),) + window, dtype=LABEL_DTYPE) if has_labels else None
         if get_worker_info() is not None and self.dtype == torch.float32:
             for tensor in (image, valid, label):  # filled in place in shared memory: no copy when sent
                 if tensor is not None:

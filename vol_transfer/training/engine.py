@@ -254,7 +254,7 @@ class Trainer:
             image = batch["image"].to(self.info.device, non_blocking=True).float()
             if settings.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
-            label = batch["label"].to(self.info.device, non_blocking=True)
+            label = batch["label"].to(self.info.device, non_blocking=True).long()  # int16 on the way
             valid = batch.get("valid")
             if valid is not None:
                 valid = valid.to(self.info.device, non_blocking=True)
