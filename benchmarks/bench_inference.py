@@ -8,7 +8,12 @@ Same network (our HighRes3DNet, 2 → 2 classes, eval mode) and the same FLAIR+T
 * ``window``       — our windows with the same placement and blending (fp32, channels_last, BN folded);
 * ``whole``        — our exact whole-volume pass (fp32);
 * ``tiled``        — our exact halo tiles under ``--budget`` GiB (what ``--memory-budget`` picks);
-* ``*_bf16``       — the same under bfloat16 autocast.
+* ``*_bf16``       — the same under bfloat16 autocast;
+* ``pipeline``     — what ``vol-transfer infer`` runs with the BRATS recipes' preprocessing: crop to the
+                     foreground box (+4 voxels, ``crop_foreground: 4``), the exact whole pass on the
+                     crop, labels restored to the full grid (background outside the box);
+* ``monai_crop``   — MONAI ``sliding_window_inference`` on that same crop, restored the same way (the
+                     fair peer for ``pipeline``: both skip the empty air around the head).
 
 Every variant runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own;
 ``Δmem`` is the peak minus the memory after loading the volume and the network. Agreement is
@@ -27,6 +32,12 @@ matmul rate measured here (2048² torch.mm, best of 3), in fp32 and bf16.
     python benchmarks/bench_inference.py --quick          # 240×240×64 slab, for development
     python benchmarks/bench_inference.py                  # the full 240×240×155 volume
     python benchmarks/bench_inference.py --variants monai,whole,tiled
+    python benchmarks/bench_inference.py --variants monai,monai_crop,whole,pipeline \
+        --checkpoint runs/brats_tc_finetune/checkpoints/best.pt     # a trained network + its preprocessing
+
+With ``--checkpoint`` the network and its stored preprocessing replace the linear probe: every
+variant sees the volume after the checkpoint's steps except the crop (which only ``pipeline`` and
+``monai_crop`` apply), and the tumour-core truth is carried onto that grid.
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ALL_VARIANTS = ("monai", "window", "whole", "tiled", "window_bf16", "whole_bf16")
+ALL_VARIANTS = ("monai", "window", "whole", "tiled", "window_bf16", "whole_bf16", "pipeline", "monai_crop")
+LABEL_ONLY = ("pipeline", "monai_crop")  # variants that return a label map on the full grid, not logits
 CASE = "brats2015_flair_t1c/test/brats_2013_pat0001_1"
 
 
@@ -123,6 +135,26 @@ def make_network(image: np.ndarray, core: np.ndarray, seed: int = 0) -> torch.nn
     return net
 
 
+def prepare_for_checkpoint(path: str, image: np.ndarray, core: np.ndarray, quick: bool):
+    """The checkpoint's network, the volume after its preprocessing minus the crop, the truth on
+    that grid, and the checkpoint's crop margin (4 if it stores none)."""
+    from vol_transfer.io.data_root import resolve_data_root
+    from vol_transfer.io.volumes import load_channels
+    from vol_transfer.preprocessing.pipeline import Preprocessor
+    from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    spec = dict((checkpoint.metadata or {}).get("preprocessing") or {})
+    margin = spec.pop("crop_foreground", None)
+    affine = load_channels([resolve_data_root(None) / CASE / "Flair_subtrMeanDivStd.nii.gz"]).affine
+    from vol_transfer.io.volumes import Volume
+
+    prepared, inverse = Preprocessor.from_spec(spec).apply(Volume(array=image, affine=affine))
+    core = inverse.forward(core.astype(np.uint8), order="nearest").astype(bool)
+    return np.ascontiguousarray(prepared.array, dtype=np.float32), core, build_from_checkpoint(checkpoint), \
+        4 if margin is None else int(margin)
+
+
 def per_voxel_flops(net: torch.nn.Module) -> int:
     total = 0
     for module in net.modules():
@@ -147,46 +179,80 @@ def maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def worker(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    from vol_transfer.inference import predict_logits
+def load_network(args: argparse.Namespace) -> torch.nn.Module:
+    if args.checkpoint:
+        from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
+
+        return build_from_checkpoint(load_checkpoint(args.checkpoint))
     from vol_transfer.nets.highres3dnet import HighRes3DNet
 
-    image = torch.from_numpy(np.load(args.image))
     net = HighRes3DNet(in_channels=2, num_classes=2)
     net.load_state_dict(torch.load(args.weights, weights_only=True))
-    net.eval().to(args.device)
+    return net
+
+
+def foreground_crop(image: np.ndarray, margin: int):
+    """The recipes' ``crop_foreground`` step on the prepared array (identity affine: voxels only)."""
+    from vol_transfer.preprocessing.spatial import plan_foreground_crop
+
+    return plan_foreground_crop(image, np.eye(4), margin)
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    from vol_transfer.inference import InferenceOptions, predict_logits
+
+    image = torch.from_numpy(np.load(args.image))
+    net = load_network(args).eval().to(args.device)
     # the peak rate right before this run: the machine is shared, so contention changes over time
     peaks = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
     baseline = maxrss_bytes()
     variant = args.worker
+    computed = math.prod(image.shape[1:])  # voxels the network runs on (the crop for the crop variants)
     start = time.perf_counter()
-    if variant == "monai":
+    if variant in ("monai", "monai_crop"):
         from monai.inferers import sliding_window_inference
 
+        crop = foreground_crop(image.numpy(), args.crop_margin) if variant == "monai_crop" else None
+        source = image if crop is None else torch.from_numpy(crop.forward(image.numpy()))
+        computed = math.prod(source.shape[1:])
         with torch.no_grad():
-            logits = sliding_window_inference(image[None].to(args.device), (96, 96, 96), 1, net,
+            logits = sliding_window_inference(source[None].to(args.device), (96, 96, 96), 1, net,
                                               overlap=0.25, mode="gaussian")[0]
-        logits = torch.as_tensor(logits).float().cpu()
+        output = torch.as_tensor(logits).float().cpu()
+        if crop is not None:
+            output = torch.from_numpy(crop.backward(output.argmax(0).to(torch.uint8).numpy()))
+    elif variant == "pipeline":
+        from vol_transfer.inference.predict import logits_to_labels
+        from vol_transfer.io.volumes import Volume
+        from vol_transfer.preprocessing.pipeline import Preprocessor
+
+        prepared, inverse = Preprocessor.from_spec({"crop_foreground": args.crop_margin}).apply(
+            Volume(array=image.numpy(), affine=np.eye(4)))
+        computed = math.prod(prepared.spatial_shape)
+        logits = predict_logits(net, prepared.array, InferenceOptions(mode="whole", device=args.device))
+        output = torch.from_numpy(inverse.restore(logits_to_labels(logits).numpy(), order="nearest"))
     else:
         base, _, precision = variant.partition("_")
         options = dict(mode=base, bf16=precision == "bf16", window=96, overlap=0.25, blend="gaussian", batch_size=2)
         if base == "tiled":
             options["memory_budget_gb"] = args.budget
-        logits = predict_logits(net, image, **options)
+        output = predict_logits(net, image, **options)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    np.save(args.logits, logits.numpy())
+    np.save(args.logits, output.numpy())
     print(json.dumps({"variant": variant, "seconds": seconds, "peak": maxrss_bytes(), "baseline": baseline,
-                      "peak_flops": peaks}))
+                      "peak_flops": peaks, "computed_voxels": computed}))
 
 
 def run_variant(variant: str, args: argparse.Namespace, files: dict[str, Path], folder: Path) -> dict:
     logits = folder / f"{variant}.npy"
     command = [sys.executable, __file__, "--worker", variant, "--image", str(files["image"]), "--weights",
                str(files["weights"]), "--logits", str(logits), "--threads", str(args.threads), "--budget",
-               str(args.budget), "--device", args.device]
+               str(args.budget), "--device", args.device, "--crop-margin", str(args.crop_margin)]
+    if args.checkpoint:
+        command += ["--checkpoint", args.checkpoint]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -208,6 +274,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=3.0, help="GiB for the tiled variant (default 3)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a trained checkpoint: its network and preprocessing replace the linear probe")
+    parser.add_argument("--crop-margin", type=int, default=None,
+                        help="foreground-crop margin for pipeline/monai_crop (default: the checkpoint's, else 4)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--image", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
@@ -222,7 +292,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; use {ALL_VARIANTS}")
     image, core = load_case(args.data_root, args.quick)
-    net = make_network(image, core)
+    if args.checkpoint:
+        image, core, net, margin = prepare_for_checkpoint(args.checkpoint, image, core, args.quick)
+    else:
+        net, margin = make_network(image, core), 4
+    args.crop_margin = margin if args.crop_margin is None else args.crop_margin
     voxels = math.prod(image.shape[1:])
     flops = per_voxel_flops(net)
     peaks = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
@@ -242,32 +316,32 @@ def main() -> None:
             r = results[variant]
             print(f"  ran {variant}: {r['seconds']:.1f} s (peak fp32 {r['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s)", flush=True)
         logits = {v: np.load(r["logits"]) for v, r in results.items()}
-    reference = logits.get("monai")
-    exact = logits.get("whole")
-    for name, result in (("MONAI", reference), ("whole (exact)", exact)):
-        if result is not None:
-            predicted = result.argmax(0) == 1
-            print(f"{name}: predicted tumour core {float(predicted.mean()):.4f} of voxels, "
-                  f"Dice vs the true tumour core {dice(predicted, core):.3f}")
+    labels = {v: out if v in LABEL_ONLY else out.argmax(0) for v, out in logits.items()}
+    reference, exact = labels.get("monai"), labels.get("whole")
     monai_time = results["monai"]["seconds"] if "monai" in results else math.nan
-    header = ("variant", "time s", "× MONAI", "peak GiB", "Δmem GiB", "agree %", "Dice vs MONAI",
-              "max|Δlogit| vs whole", "peak GFLOP/s", "FLOP-bound s", "× bound")
+    header = ("variant", "time s", "× MONAI", "voxels computed", "peak GiB", "Δmem GiB", "agree %", "Dice vs MONAI",
+              "Dice vs exact", "max|Δlogit| vs whole", "Dice vs truth", "peak GFLOP/s", "FLOP-bound s", "× bound")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for variant, r in results.items():
-        labels = logits[variant].argmax(0)
-        agree = dice_score = math.nan
+        predicted = labels[variant]
+        agree = dice_monai = dice_exact = delta = math.nan
         if reference is not None:
-            monai_labels = reference.argmax(0)
-            agree = 100.0 * float((labels == monai_labels).mean())
-            dice_score = dice(labels == 1, monai_labels == 1)
-        delta = float(np.abs(logits[variant] - exact).max()) if exact is not None else math.nan
+            agree = 100.0 * float((predicted == reference).mean())
+            dice_monai = dice(predicted == 1, reference == 1)
+        if exact is not None:
+            dice_exact = dice(predicted == 1, exact == 1)
+            if variant not in LABEL_ONLY:
+                delta = float(np.abs(logits[variant] - logits["whole"]).max())
         precision = "bf16" if variant.endswith("bf16") else "fp32"
-        bound = voxels * flops / r["peak_flops"][precision]
-        print(f"| {variant} | {r['seconds']:.1f} | {r['seconds'] / monai_time:.3f} | {r['peak'] / 2**30:.2f} | "
-              f"{(r['peak'] - r['baseline']) / 2**30:.2f} | {agree:.3f} | {dice_score:.4f} | {delta:.2e} | "
+        computed = r["computed_voxels"]
+        bound = computed * flops / r["peak_flops"][precision]
+        print(f"| {variant} | {r['seconds']:.1f} | {r['seconds'] / monai_time:.3f} | {computed / voxels:.0%} | "
+              f"{r['peak'] / 2**30:.2f} | {(r['peak'] - r['baseline']) / 2**30:.2f} | {agree:.3f} | {dice_monai:.4f} | "
+              f"{dice_exact:.4f} | {delta:.2e} | {dice(predicted == 1, core):.3f} | "
               f"{r['peak_flops'][precision] / 1e9:.0f} | {bound:.1f} | {r['seconds'] / bound:.2f} |")
-
+    print(f"(voxels computed: share of the {voxels:,} voxels the network ran on, overlap not counted; "
+          "FLOP bound = those voxels × per-voxel FLOPs ÷ peak matmul rate)")
 
 if __name__ == "__main__":
     main()

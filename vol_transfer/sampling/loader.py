@@ -44,6 +44,7 @@ one block: the next batch number is the whole state.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vol_transfer.errors import InputDataError, VolTransferError
 from vol_transfer.sampling.augment import Augmentation, extract_patch
 from vol_transfer.sampling.base import PatchSampler, PreparedVolume, SamplingError
+from vol_transfer.sampling.ring import BatchRing
 
 LoadResult = tuple  # (image, label) or (image, label, weights)
 _ORDER, _SHUFFLE, _CENTRES, _AUGMENT = 0, 1, 2, 3  # generator streams, kept apart by a tag
@@ -66,6 +68,28 @@ LABEL_DTYPE = torch.int16
 
 def _as_numpy(patch: np.ndarray | torch.Tensor) -> np.ndarray:
     return patch.numpy() if isinstance(patch, torch.Tensor) else patch
+
+
+def _ring_allocator(ring: "BatchRing", worker: int, message: dict[str, Any]):
+    """``allocate`` for :meth:`PatchStream.batch` that fills a ring slot; records where in ``message``.
+
+    Falls back to ordinary shared tensors when a batch's shapes differ from the ring's (the batch
+    then travels the usual way, and a channel-count error is raised later in the main process).
+    """
+    def allocate(shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
+        try:
+            reserved = ring.reserve(worker, shapes)
+        except ValueError:
+            reserved = None
+        else:
+            if reserved is None:  # the loader was closed while this worker waited
+                message["closed"] = True
+        if reserved is None:
+            return {name: torch.empty(shape, dtype=dtype).share_memory_() for name, (shape, dtype) in shapes.items()}
+        buffers, announcement = reserved
+        message.update(announcement)
+        return buffers
+    return allocate
 
 
 @dataclass
@@ -118,6 +142,7 @@ class PatchStream(IterableDataset):
         self.stop_visit: int | None = None
         self.first_batch = 0
         self.stop_batch: int | None = None
+        self.ring: BatchRing | None = None  # set by PatchLoader for worker processes in cache mode
         self.reset()
 
     def reset(self) -> None:
@@ -185,10 +210,16 @@ class PatchStream(IterableDataset):
             result.update(image=[p.image for p in patches], valid=[p.valid for p in patches],
                           label=None if volume.label is None else [p.label for p in patches])
             return result
-        # in a worker: filled in place in shared memory, so nothing is copied when sent
-        image = torch.empty((n, volume.image.shape[0]) + window, dtype=torch.float32).share_memory_()
-        valid = torch.empty((n,) + window, dtype=torch.bool).share_memory_()
-        label = None if volume.label is None else torch.empty((n,) + window, dtype=LABEL_DTYPE).share_memory_()
+        # in a worker: filled in place in shared memory (a reused ring slot when there is a ring)
+        shapes = {"image": ((n, volume.image.shape[0]) + window, torch.float32), "valid": ((n,) + window, torch.bool)}
+        if volume.label is not None:
+            shapes["label"] = ((n,) + window, LABEL_DTYPE)
+        message: dict[str, Any] = {}
+        if self.ring is not None:
+            tensors = _ring_allocator(self.ring, get_worker_info().id, message)(shapes)
+        else:
+            tensors = {name: torch.empty(shape, dtype=dtype).share_memory_() for name, (shape, dtype) in shapes.items()}
+        image, valid, label = tensors["image"], tensors["valid"], tensors.get("label")
         for j, patch in enumerate(patches):
             # numpy assignment, not Tensor.copy_: copy_ goes through the intra-op thread pool,
             # which measured 10× slower for these small copies on a busy machine
@@ -196,6 +227,11 @@ class PatchStream(IterableDataset):
             valid[j].numpy()[...] = patch.valid
             if label is not None:
                 label[j].numpy()[...] = patch.label
+        if "ring_slot" in message:  # the patches wait in the ring: send only where they are
+            message.update(visit=visit, item=item, centre=centres.astype(np.int64).tolist())
+            if volume.label is None:
+                message["label"] = None
+            return message
         result.update(image=image, valid=valid, label=label)
         return result
 
@@ -242,8 +278,12 @@ class PatchStream(IterableDataset):
             batch["label"] = label
         return batch
 
-    def batch(self, index: int) -> dict[str, Any]:
-        """Batch ``index``, computed here from the volumes it needs (what workers do with ``cache``)."""
+    def batch(self, index: int, allocate: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None
+              ) -> dict[str, Any]:
+        """Batch ``index``, computed here from the volumes it needs (what workers do with ``cache``).
+
+        ``allocate(shapes)`` may supply the tensors to fill (``{name: (shape, dtype)}`` → tensors).
+        """
         located = [self.locate(p) for p in range(index * self.batch_size, (index + 1) * self.batch_size)]
         if not self.cache:  # keep only the volumes of the blocks in use
             blocks = {v // self.volumes_per_block for v, _ in located}
@@ -258,14 +298,19 @@ class PatchStream(IterableDataset):
             volumes.append(self._volumes[item])
         window = tuple(self.sampler.window)
         channels = volumes[0].image.shape[0]
-        image = torch.empty((len(located), channels) + window, dtype=torch.float32)
-        valid = torch.empty((len(located),) + window, dtype=torch.bool)
         has_labels = all(v.label is not None for v in volumes)
-        label = torch.empty((len(located),) + window, dtype=LABEL_DTYPE) if has_labels else None
-        if get_worker_info() is not None and self.dtype == torch.float32:
-            for tensor in (image, valid, label):  # filled in place in shared memory: no copy when sent
-                if tensor is not None:
+        shapes = {"image": ((len(located), channels) + window, torch.float32),
+                  "valid": ((len(located),) + window, torch.bool)}
+        if has_labels:
+            shapes["label"] = ((len(located),) + window, LABEL_DTYPE)
+        if allocate is not None:
+            tensors = allocate(shapes)
+        else:
+            tensors = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
+            if get_worker_info() is not None and self.dtype == torch.float32:
+                for tensor in tensors.values():  # filled in place in shared memory: no copy when sent
                     tensor.share_memory_()
+        image, valid, label = tensors["image"], tensors["valid"], tensors.get("label")
         for slot, ((visit, draw), volume) in enumerate(zip(located, volumes)):
             if volume.image.shape[0] != channels:
                 raise InputDataError(_describe(self.items[self.item_of_visit(visit)]),
@@ -294,14 +339,22 @@ class PatchStream(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if self.cache:  # every worker holds every volume: share out whole batches, nothing to assemble
             index = self.first_batch + worker
+            ring = self.ring if info is not None else None
             while self.stop_batch is None or index < self.stop_batch:
+                message: dict[str, Any] = {}
                 try:
-                    yield self.batch(index)
+                    batch = self.batch(index, None if ring is None else _ring_allocator(ring, worker, message))
                 except VolTransferError as error:
                     if info is None:
                         raise
                     yield {"index": index, "error": (type(error), error.where, error.problem, error.fix)}
                     return
+                if message.get("closed"):
+                    return
+                if "ring_slot" in message:  # the tensors wait in the ring: send only where they are
+                    message.update(index=batch["index"], centre=batch["centre"].tolist(), item=batch["item"].tolist())
+                    batch = message
+                yield batch
                 index += workers
             return
         visit = self.first_visit + worker
@@ -416,23 +469,64 @@ class PatchLoader:
         if self.num_batches is not None:
             stream.stop_visit = ((self.num_batches * size - 1) // per_block + 1) * per_visit
         source: Iterator = iter(stream)
-        if self.num_workers > 0:
+        ring = None
+        if self.num_workers > 0:  # buffers reused in shared memory (see vol_transfer.sampling.ring)
+            if stream.cache:
+                ring = stream.ring = BatchRing(self.num_workers, self.prefetch_factor + 1)
+            else:  # the main process holds up to two blocks of visits while it assembles batches
+                held = -(-2 * stream.volumes_per_block // self.num_workers)
+                ring = stream.ring = BatchRing(self.num_workers, held + self.prefetch_factor)
             source = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                      prefetch_factor=self.prefetch_factor))
+            stream.ring = None  # the workers have their copy; the stream itself stays picklable as before
         if stream.cache:
-            batches: Iterator = (_raise_error(b) for b in source)
+            batches: Iterator = (self._from_worker(_raise_error(b), ring) for b in source)
         else:
-            patches = stream.patches_from(first_patch, source)
+            opened: collections.deque = collections.deque()  # (visit, worker) read in place from the ring
+            patches = stream.patches_from(first_patch, (self._open_visit(v, ring, opened) for v in source))
             indices = itertools.count(self.next_batch) if self.num_batches is None else \
                 range(self.next_batch, self.num_batches)
-            batches = (stream.assemble(i, [next(patches) for _ in range(size)]) for i in indices)
-        for batch in batches:
-            if self.num_batches is not None and batch["index"] >= self.num_batches:
-                return
-            if self.pin_memory:
-                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            self.next_batch = batch["index"] + 1
-            yield batch
+            batches = (self._release_after(stream.assemble(i, [next(patches) for _ in range(size)]), ring, opened)
+                       for i in indices)
+        try:
+            for batch in batches:
+                if self.num_batches is not None and batch["index"] >= self.num_batches:
+                    return
+                if self.pin_memory:
+                    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                self.next_batch = batch["index"] + 1
+                yield batch
+        finally:
+            if ring is not None:
+                ring.close()  # workers waiting for a slot stop, so the DataLoader shuts down at once
+
+    @staticmethod
+    def _open_visit(visit: dict[str, Any], ring: BatchRing | None, opened: collections.deque) -> dict[str, Any]:
+        if ring is None or "ring_slot" not in visit:
+            return visit
+        visit = ring.open(visit)
+        visit["centre"] = torch.as_tensor(visit["centre"])
+        opened.append((visit["visit"], visit.pop("ring_worker")))
+        return visit
+
+    def _release_after(self, batch: dict[str, Any], ring: BatchRing | None, opened: collections.deque
+                       ) -> dict[str, Any]:
+        """Free the ring slots of visits no later batch needs (those before the next batch's block)."""
+        stream = self.stream
+        next_block = (batch["index"] + 1) * stream.batch_size // stream.patches_per_block
+        while opened and opened[0][0] < next_block * stream.volumes_per_block:
+            ring.release(opened.popleft()[1])
+        return batch
+
+    def _from_worker(self, batch: dict[str, Any], ring: BatchRing | None) -> dict[str, Any]:
+        """A batch as sent by a worker: copied out of its ring slot when it came through the ring."""
+        if ring is None or "ring_slot" not in batch:
+            return batch
+        batch = ring.take(batch)
+        batch["centre"], batch["item"] = torch.as_tensor(batch["centre"]), torch.as_tensor(batch["item"])
+        if self.stream.dtype != torch.float32:
+            batch["image"] = batch["image"].to(self.stream.dtype)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.stream.seed, "next_batch": self.next_batch, "fingerprint": self.stream.fingerprint()}
