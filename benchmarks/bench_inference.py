@@ -13,12 +13,16 @@ Same network (our HighRes3DNet, 2 → 2 classes, eval mode) and the same FLAIR+T
                      foreground box (+4 voxels, ``crop_foreground: 4``), the exact whole pass on the
                      crop, labels restored to the full grid (background outside the box);
 * ``monai_crop``   — MONAI ``sliding_window_inference`` on that same crop, restored the same way (the
-                     fair peer for ``pipeline``: both skip the empty air around the head).
+                     fair peer for ``pipeline``: both skip the empty air around the head);
+                     ``pipeline@16`` / ``monai_crop@16`` use a crop margin of 16 voxels instead.
 
 Every variant runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own;
 ``Δmem`` is the peak minus the memory after loading the volume and the network. Agreement is
 measured against MONAI's output: voxel agreement of the argmax and Dice between the two
 foreground label maps; ``max|Δlogit|`` against our exact whole-volume logits.
+
+Input: the case z-scored per channel over the head (``mask: foreground``, as the BRATS recipes do),
+so the background is 0.
 
 Meaningful agreement: an untrained network's argmax is noise, so the network is made to segment
 something: BatchNorm running statistics are set from real crops (train-mode passes, cumulative
@@ -56,7 +60,8 @@ import numpy as np
 import torch
 
 ALL_VARIANTS = ("monai", "window", "whole", "tiled", "window_bf16", "whole_bf16", "pipeline", "monai_crop")
-LABEL_ONLY = ("pipeline", "monai_crop")  # variants that return a label map on the full grid, not logits
+LABEL_ONLY = ("pipeline", "monai_crop")
+RECIPE_INTENSITY = [{"kind": "zscore", "mask": "foreground"}]  # recipes/brats_tc_finetune.yaml  # variants that return a label map on the full grid, not logits
 CASE = "brats2015_flair_t1c/test/brats_2013_pat0001_1"
 
 
@@ -207,13 +212,14 @@ def worker(args: argparse.Namespace) -> None:
     # the peak rate right before this run: the machine is shared, so contention changes over time
     peaks = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
     baseline = maxrss_bytes()
-    variant = args.worker
+    variant, _, margin_text = args.worker.partition("@")  # pipeline@16: a crop margin of 16 voxels
+    margin = int(margin_text) if margin_text else args.crop_margin
     computed = math.prod(image.shape[1:])  # voxels the network runs on (the crop for the crop variants)
     start = time.perf_counter()
     if variant in ("monai", "monai_crop"):
         from monai.inferers import sliding_window_inference
 
-        crop = foreground_crop(image.numpy(), args.crop_margin) if variant == "monai_crop" else None
+        crop = foreground_crop(image.numpy(), margin) if variant == "monai_crop" else None
         source = image if crop is None else torch.from_numpy(crop.forward(image.numpy()))
         computed = math.prod(source.shape[1:])
         with torch.no_grad():
@@ -227,7 +233,7 @@ def worker(args: argparse.Namespace) -> None:
         from vol_transfer.io.volumes import Volume
         from vol_transfer.preprocessing.pipeline import Preprocessor
 
-        prepared, inverse = Preprocessor.from_spec({"crop_foreground": args.crop_margin}).apply(
+        prepared, inverse = Preprocessor.from_spec({"crop_foreground": margin}).apply(
             Volume(array=image.numpy(), affine=np.eye(4)))
         computed = math.prod(prepared.spatial_shape)
         logits = predict_logits(net, prepared.array, InferenceOptions(mode="whole", device=args.device))
@@ -242,7 +248,7 @@ def worker(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     np.save(args.logits, output.numpy())
-    print(json.dumps({"variant": variant, "seconds": seconds, "peak": maxrss_bytes(), "baseline": baseline,
+    print(json.dumps({"variant": args.worker, "seconds": seconds, "peak": maxrss_bytes(), "baseline": baseline,
                       "peak_flops": peaks, "computed_voxels": computed}))
 
 
@@ -267,6 +273,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
+    from vol_transfer.preprocessing.pipeline import Preprocessor
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 240×240×64 slab instead of the whole volume")
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list of {ALL_VARIANTS}")
@@ -288,13 +296,15 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(ALL_VARIANTS))
+    unknown = sorted(v for v in variants if v.partition("@")[0] not in ALL_VARIANTS
+                     or ("@" in v and (v.partition("@")[0] not in LABEL_ONLY or not v.partition("@")[2].isdigit())))
     if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; use {ALL_VARIANTS}")
+        raise SystemExit(f"unknown variant(s) {unknown}; use {ALL_VARIANTS} (pipeline@M / monai_crop@M: crop margin M)")
     image, core = load_case(args.data_root, args.quick)
     if args.checkpoint:
         image, core, net, margin = prepare_for_checkpoint(args.checkpoint, image, core, args.quick)
-    else:
+    else:  # the BRATS recipes' normalisation: head-only z-score, background → 0
+        image = Preprocessor.from_spec({"intensity": RECIPE_INTENSITY}).normalise(image)
         net, margin = make_network(image, core), 4
     args.crop_margin = margin if args.crop_margin is None else args.crop_margin
     voxels = math.prod(image.shape[1:])
@@ -316,7 +326,7 @@ def main() -> None:
             r = results[variant]
             print(f"  ran {variant}: {r['seconds']:.1f} s (peak fp32 {r['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s)", flush=True)
         logits = {v: np.load(r["logits"]) for v, r in results.items()}
-    labels = {v: out if v in LABEL_ONLY else out.argmax(0) for v, out in logits.items()}
+    labels = {v: out if v.partition("@")[0] in LABEL_ONLY else out.argmax(0) for v, out in logits.items()}
     reference, exact = labels.get("monai"), labels.get("whole")
     monai_time = results["monai"]["seconds"] if "monai" in results else math.nan
     header = ("variant", "time s", "× MONAI", "voxels computed", "peak GiB", "Δmem GiB", "agree %", "Dice vs MONAI",
@@ -331,7 +341,7 @@ def main() -> None:
             dice_monai = dice(predicted == 1, reference == 1)
         if exact is not None:
             dice_exact = dice(predicted == 1, exact == 1)
-            if variant not in LABEL_ONLY:
+            if variant.partition("@")[0] not in LABEL_ONLY:
                 delta = float(np.abs(logits[variant] - logits["whole"]).max())
         precision = "bf16" if variant.endswith("bf16") else "fp32"
         computed = r["computed_voxels"]
