@@ -32,11 +32,12 @@ Workers share the work in one of two ways; both give exactly the stream above, f
 
 * default: DataLoader worker ``w`` of ``W`` computes visits ``v ≡ w (mod W)`` — loading, sampler
   index, centres, extraction, augmentation — so each volume is read once per visit by one worker;
-  the main process shuffles a block's patches into batches (one copy per batch). Memory: one
-  block of patches in the main process plus ``prefetch_factor`` visits per worker.
+  the main process shuffles a block's patches into batches (one copy per batch). Memory: each
+  worker reuses ``ceil(2·volumes_per_block / W) + prefetch_factor`` visit slots in shared memory
+  (:mod:`vol_transfer.sampling.ring`), e.g. 2 workers, 4 volumes per block, prefetch 2: 12 visits.
 * ``cache=True`` (volumes held in memory, as the training engine does): every worker keeps every
-  volume and its sampler index, and worker ``w`` builds whole batches ``b ≡ w (mod W)`` in shared
-  memory; the main process only passes them on.
+  volume and its sampler index, and worker ``w`` builds whole batches ``b ≡ w (mod W)`` in
+  ``prefetch_factor + 1`` reused shared-memory slots; the main process copies each batch out.
 
 DataLoader returns worker results round-robin, i.e. in stream order. Resuming recomputes at most
 one block: the next batch number is the whole state.
