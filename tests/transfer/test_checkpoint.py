@@ -149,3 +149,12 @@ def test_build_from_checkpoint_refuses_mismatched_weights(tmp_path: Path):
     path = save_checkpoint(tmp_path / "model.pt", net.state_dict(), metadata)
     with pytest.raises(CheckpointError, match="do not fit"):
         build_from_checkpoint(load_checkpoint(path))
+
+
+def test_metadata_resolves_a_label_preset_name_and_refuses_an_unknown_one():
+    from vol_transfer.errors import RecipeError
+
+    assert make_metadata(CONFIG, ["flair", "t1c"], ["bg", "core"], label_mapping="brats_tc_2015")["label_mapping"] \
+        == {1: 1, 3: 1, 4: 1}
+    with pytest.raises(RecipeError, match="brats_tc_2099"):
+        make_metadata(CONFIG, ["flair"], ["bg"], label_mapping="brats_tc_2099")

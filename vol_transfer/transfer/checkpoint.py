@@ -63,12 +63,16 @@ def make_metadata(
     classes: list[str],
     *,
     preprocessing: Mapping[str, Any] | None = None,
-    label_mapping: Mapping[Any, Any] | None = None,
+    label_mapping: Mapping[Any, Any] | str | None = None,
     recipe: Mapping[str, Any] | None = None,
     iteration: int = 0,
     metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Metadata with every standard key present."""
+    """Metadata with every standard key present; a preset ``label_mapping`` name is stored resolved."""
+    if isinstance(label_mapping, str):
+        from vol_transfer.preprocessing.labels import resolve_mapping  # RecipeError for an unknown name
+
+        label_mapping = resolve_mapping(label_mapping)
     return {
         "architecture": dict(architecture),
         "channels": list(channels),
