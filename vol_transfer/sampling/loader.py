@@ -143,7 +143,7 @@ class PatchStream(IterableDataset):
         self.stop_visit: int | None = None
         self.first_batch = 0
         self.stop_batch: int | None = None
-        self.ring: BatchRing | None = None  # set by PatchLoader for worker processes in cache mode
+        self.ring: BatchRing | None = None  # set by PatchLoader while it starts worker processes
         self.reset()
 
     def reset(self) -> None:
