@@ -487,14 +487,29 @@ def run_segmentation(config: SegmentationConfig, run_dir: Path, resume: bool = F
                      data_root: Path | None = None, recipe: dict[str, Any] | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Train as the recipe says; write checkpoints, metrics.csv and TensorBoard logs under ``run_dir``."""
+    import torch.distributed as dist
+
+    from vol_transfer.training.distributed import barrier, init_distributed, shutdown_distributed
+
+    joined_here = not (dist.is_available() and dist.is_initialized())  # a caller's own group stays
+    info = init_distributed(config.training.device)
+    try:
+        summary = _train(config, run_dir, resume, data_root, recipe, progress, info)
+        barrier(info)  # every rank is past its last collective before the group goes away
+        return summary
+    finally:
+        if joined_here:  # left to interpreter exit, gloo's threads were sometimes torn down mid-use (SIGABRT)
+            shutdown_distributed()
+
+
+def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: Path | None,
+           recipe: dict[str, Any] | None, progress: bool, info: Any) -> dict[str, Any]:
     from vol_transfer.io.data_root import resolve_data_root
     from vol_transfer.io.manifest import read_manifest
     from vol_transfer.nets import build_network
     from vol_transfer.preprocessing.pipeline import Preprocessor
-    from vol_transfer.training.distributed import init_distributed
 
     training = config.training
-    info = init_distributed(training.device)
     if training.threads:
         torch.set_num_threads(training.threads)
     seed_everything(training.seed + info.rank, training.deterministic)
