@@ -65,8 +65,8 @@ RECIPE_INTENSITY = [{"kind": "zscore", "mask": "foreground"}]  # recipes/brats_t
 CASE = "brats2015_flair_t1c/test/brats_2013_pat0001_1"
 
 
-def load_case(data_root: str | None, quick: bool) -> tuple[np.ndarray, np.ndarray]:
-    """FLAIR+T1c ``(2, X, Y, Z)`` and the tumour-core mask (labels 1, 3, 4)."""
+def load_case(data_root: str | None, quick: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FLAIR+T1c ``(2, X, Y, Z)``, the tumour-core mask (labels 1, 3, 4) and the affine."""
     from vol_transfer.io.data_root import resolve_data_root
     from vol_transfer.io.volumes import load_channels, load_volume
 
@@ -77,7 +77,7 @@ def load_case(data_root: str | None, quick: bool) -> tuple[np.ndarray, np.ndarra
     if quick:
         middle = array.shape[3] // 2
         array, core = array[..., middle - 32 : middle + 32], core[..., middle - 32 : middle + 32]
-    return np.ascontiguousarray(array, dtype=np.float32), core
+    return np.ascontiguousarray(array, dtype=np.float32), core, volume.affine
 
 
 def _crops(image: np.ndarray, core: np.ndarray, rng: np.random.Generator, count: int, size: int):
@@ -140,20 +140,16 @@ def make_network(image: np.ndarray, core: np.ndarray, seed: int = 0) -> torch.nn
     return net
 
 
-def prepare_for_checkpoint(path: str, image: np.ndarray, core: np.ndarray, quick: bool):
+def prepare_for_checkpoint(path: str, image: np.ndarray, core: np.ndarray, affine: np.ndarray):
     """The checkpoint's network, the volume after its preprocessing minus the crop, the truth on
     that grid, and the checkpoint's crop margin (4 if it stores none)."""
-    from vol_transfer.io.data_root import resolve_data_root
-    from vol_transfer.io.volumes import load_channels
+    from vol_transfer.io.volumes import Volume
     from vol_transfer.preprocessing.pipeline import Preprocessor
     from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
 
     checkpoint = load_checkpoint(path)
     spec = dict((checkpoint.metadata or {}).get("preprocessing") or {})
     margin = spec.pop("crop_foreground", None)
-    affine = load_channels([resolve_data_root(None) / CASE / "Flair_subtrMeanDivStd.nii.gz"]).affine
-    from vol_transfer.io.volumes import Volume
-
     prepared, inverse = Preprocessor.from_spec(spec).apply(Volume(array=image, affine=affine))
     core = inverse.forward(core.astype(np.uint8), order="nearest").astype(bool)
     return np.ascontiguousarray(prepared.array, dtype=np.float32), core, build_from_checkpoint(checkpoint), \
@@ -300,9 +296,9 @@ def main() -> None:
                      or ("@" in v and (v.partition("@")[0] not in LABEL_ONLY or not v.partition("@")[2].isdigit())))
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; use {ALL_VARIANTS} (pipeline@M / monai_crop@M: crop margin M)")
-    image, core = load_case(args.data_root, args.quick)
+    image, core, affine = load_case(args.data_root, args.quick)
     if args.checkpoint:
-        image, core, net, margin = prepare_for_checkpoint(args.checkpoint, image, core, args.quick)
+        image, core, net, margin = prepare_for_checkpoint(args.checkpoint, image, core, affine)
     else:  # the BRATS recipes' normalisation: head-only z-score, background → 0
         image = Preprocessor.from_spec({"intensity": RECIPE_INTENSITY}).normalise(image)
         net, margin = make_network(image, core), 4

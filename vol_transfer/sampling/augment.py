@@ -185,18 +185,13 @@ def _nearest_labels(label, spatial, centre, window, matrix, offsets, padding_lab
     origin = np.asarray(centre, dtype=np.float64)
     low, high = _extent(origin, matrix, offsets)
     leaves = [lo < 0 or hi > n - 1 for lo, hi, n in zip(low, high, spatial)]
-    if not any(leaves):
-        valid = np.ones(window, dtype=bool)
-        if label is None:
-            return None, valid
-        flat, _ = _nearest_flat(origin, matrix, offsets, spatial)
-        return np.ascontiguousarray(label).reshape(-1).take(flat).astype(np.int16), valid
     flat, outside = _nearest_flat(origin, matrix, offsets, spatial, clip=leaves)
-    valid = ~outside
+    valid = np.ones(window, dtype=bool) if outside is None else ~outside
     if label is None:
         return None, valid
     lab = np.ascontiguousarray(label).reshape(-1).take(flat).astype(np.int16)
-    lab[outside] = padding_label
+    if outside is not None:
+        lab[outside] = padding_label
     return lab, valid
 
 
@@ -231,8 +226,8 @@ def separable_grid(x_terms: Sequence[np.ndarray], y_terms: Sequence[np.ndarray])
         >>> tuple(g.shape), g[1, 2, 3].tolist()
         ((2, 3, 4, 2), [3.0, 1.0])
     """
-    parts = [np.asarray(x, dtype=np.float32) + 1j * np.asarray(y, dtype=np.float32) for x, y in zip(x_terms, y_terms)]
-    first, second, third = (part.astype(np.complex64) for part in parts)
+    first, second, third = ((np.asarray(x, dtype=np.float32) + 1j * np.asarray(y, dtype=np.float32)).astype(np.complex64)
+                            for x, y in zip(x_terms, y_terms))
     out = np.empty((len(first), len(second), len(third)), dtype=np.complex64)
     np.add((first[:, None] + second[None, :])[:, :, None], third[None, None, :], out=out)
     return torch.from_numpy(out.view(np.float32).reshape(out.shape + (2,)))
@@ -287,15 +282,15 @@ def _linear_two_pass(image, centre, window, matrix, offsets, image_fill) -> np.n
         size.append(int(np.floor(hi[0])) + 2 - start[-1])
     spatial = image.shape[1:]
     padding = "border"  # never reached: the region has a voxel of margin
-    if not all(s >= 0 and s + n <= full for s, n, full in zip(start, size, spatial)):
-        clamped = [(max(s, 0), min(s + n, full)) for s, n, full in zip(start, size, spatial)]
-        if image_fill == 0.0 and all(hi - lo >= 2 for lo, hi in clamped):
-            # read only the part inside the volume; grid_sample's zero padding then equals a
-            # zero-filled copy (the same linear blend towards 0 at the edge) without making one
-            start, size = [lo for lo, _ in clamped], [hi - lo for lo, hi in clamped]
-            first, padding = start[0], "zeros"
-            planes = np.arange(first, first + size[0], dtype=np.float64) - centre[0]
-    if padding == "zeros" or all(s >= 0 and s + n <= full for s, n, full in zip(start, size, spatial)):
+    inside = all(s >= 0 and s + n <= full for s, n, full in zip(start, size, spatial))
+    clamped = [(max(s, 0), min(s + n, full)) for s, n, full in zip(start, size, spatial)]
+    if not inside and image_fill == 0.0 and all(hi - lo >= 2 for lo, hi in clamped):
+        # read only the part inside the volume; grid_sample's zero padding then equals a
+        # zero-filled copy (the same linear blend towards 0 at the edge) without making one
+        start, size = [lo for lo, _ in clamped], [hi - lo for lo, hi in clamped]
+        first, padding, inside = start[0], "zeros", True
+        planes = np.arange(first, first + size[0], dtype=np.float64) - centre[0]
+    if inside:
         # a strided view, planes first: grid_sample reads strides, so no copy is made
         region = image[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
         source = torch.from_numpy(np.asarray(region, dtype=np.float32)).permute(1, 0, 2, 3)

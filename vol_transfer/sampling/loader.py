@@ -71,6 +71,16 @@ def _as_numpy(patch: np.ndarray | torch.Tensor) -> np.ndarray:
     return patch.numpy() if isinstance(patch, torch.Tensor) else patch
 
 
+def _new_tensors(shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Empty tensors for ``{name: (shape, dtype)}``."""
+    return {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
+
+
+def _shared_tensors(shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """:func:`_new_tensors` in shared memory: filled in place by a worker, sent without a copy."""
+    return {name: tensor.share_memory_() for name, tensor in _new_tensors(shapes).items()}
+
+
 def _ring_allocator(ring: "BatchRing", worker: int, message: dict[str, Any]):
     """``allocate`` for :meth:`PatchStream.batch` that fills a ring slot; records where in ``message``.
 
@@ -86,7 +96,7 @@ def _ring_allocator(ring: "BatchRing", worker: int, message: dict[str, Any]):
             if reserved is None:  # the loader was closed while this worker waited
                 message["closed"] = True
         if reserved is None:
-            return {name: torch.empty(shape, dtype=dtype).share_memory_() for name, (shape, dtype) in shapes.items()}
+            return _shared_tensors(shapes)
         buffers, announcement = reserved
         message.update(announcement)
         return buffers
@@ -216,10 +226,8 @@ class PatchStream(IterableDataset):
         if volume.label is not None:
             shapes["label"] = ((n,) + window, LABEL_DTYPE)
         message: dict[str, Any] = {}
-        if self.ring is not None:
-            tensors = _ring_allocator(self.ring, get_worker_info().id, message)(shapes)
-        else:
-            tensors = {name: torch.empty(shape, dtype=dtype).share_memory_() for name, (shape, dtype) in shapes.items()}
+        allocate = _shared_tensors if self.ring is None else _ring_allocator(self.ring, get_worker_info().id, message)
+        tensors = allocate(shapes)
         image, valid, label = tensors["image"], tensors["valid"], tensors.get("label")
         for j, patch in enumerate(patches):
             # numpy assignment, not Tensor.copy_: copy_ goes through the intra-op thread pool,
@@ -304,13 +312,9 @@ class PatchStream(IterableDataset):
                   "valid": ((len(located),) + window, torch.bool)}
         if has_labels:
             shapes["label"] = ((len(located),) + window, LABEL_DTYPE)
-        if allocate is not None:
-            tensors = allocate(shapes)
-        else:
-            tensors = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
-            if get_worker_info() is not None and self.dtype == torch.float32:
-                for tensor in tensors.values():  # filled in place in shared memory: no copy when sent
-                    tensor.share_memory_()
+        if allocate is None:
+            allocate = _shared_tensors if get_worker_info() is not None else _new_tensors
+        tensors = allocate(shapes)
         image, valid, label = tensors["image"], tensors["valid"], tensors.get("label")
         for slot, ((visit, draw), volume) in enumerate(zip(located, volumes)):
             if volume.image.shape[0] != channels:
@@ -340,7 +344,7 @@ class PatchStream(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if self.cache:  # every worker holds every volume: share out whole batches, nothing to assemble
             index = self.first_batch + worker
-            ring = self.ring if info is not None else None
+            ring = self.ring  # set only in worker processes
             while self.stop_batch is None or index < self.stop_batch:
                 message: dict[str, Any] = {}
                 try:

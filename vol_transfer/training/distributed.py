@@ -7,9 +7,11 @@ CUDA). Without them everything here is a no-op, so single-process code needs no 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -60,6 +62,24 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto") -> Iterator[DistInfo]:
+    """:func:`init_distributed` for one run; a group joined here is left again at the end.
+
+    On success every rank passes a barrier first, so none destroys the group while another is still
+    in a collective. Left to interpreter exit, gloo's threads were sometimes torn down mid-use
+    (SIGABRT). A group the caller set up before stays as it is.
+    """
+    joined_here = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(device)
+    try:
+        yield info
+        barrier(info)
+    finally:
+        if joined_here:
+            shutdown_distributed()
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -487,19 +487,10 @@ def run_segmentation(config: SegmentationConfig, run_dir: Path, resume: bool = F
                      data_root: Path | None = None, recipe: dict[str, Any] | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Train as the recipe says; write checkpoints, metrics.csv and TensorBoard logs under ``run_dir``."""
-    import torch.distributed as dist
+    from vol_transfer.training.distributed import process_group
 
-    from vol_transfer.training.distributed import barrier, init_distributed, shutdown_distributed
-
-    joined_here = not (dist.is_available() and dist.is_initialized())  # a caller's own group stays
-    info = init_distributed(config.training.device)
-    try:
-        summary = _train(config, run_dir, resume, data_root, recipe, progress, info)
-        barrier(info)  # every rank is past its last collective before the group goes away
-        return summary
-    finally:
-        if joined_here:  # left to interpreter exit, gloo's threads were sometimes torn down mid-use (SIGABRT)
-            shutdown_distributed()
+    with process_group(config.training.device) as info:
+        return _train(config, run_dir, resume, data_root, recipe, progress, info)
 
 
 def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: Path | None,
