@@ -1,15 +1,15 @@
-"""Reading volumes repeatedly: gzipped NIfTI through nibabel / MONAI / TorchIO vs our VolumeCache.
+"""Reading volumes: gzipped NIfTI through nibabel / MONAI / TorchIO vs ours, and DICOM series.
 
-Claim: after one decode, :class:`vol_transfer.io.cache.VolumeCache` serves a 240×240×155 volume
-in about a millisecond (memory-mapped), and still far faster than inflating the .nii.gz when every
-voxel is read into memory. Peers, all in this one run on the same files:
+Claim: our readers cost no more than the libraries they sit beside. Peers, all in this one run on
+the same files, each read whole into memory on every pass (no cache of any kind):
 
 * nibabel ``np.asanyarray(nib.load(p).dataobj)`` — the baseline every tool builds on;
 * MONAI ``LoadImage`` and TorchIO ``ScalarImage(...).data`` — what pipelines usually call;
-* MONAI ``PersistentDataset`` (warm) — the peers' own on-disk cache of decoded volumes.
+* ours :func:`vol_transfer.io.volumes.load_volume`, which also inflates the whole .gz to check
+  its CRC and length trailer (nibabel alone never reads the trailer).
 
-A second table does the same for the two CT DICOM series: our ``load_dicom_series`` vs SimpleITK's
-``ImageSeriesReader`` (GDCM), and the cache in front of ours.
+A second table does the same for the two CT DICOM series: our
+:func:`vol_transfer.io.dicom.load_dicom_series` vs SimpleITK's ``ImageSeriesReader`` (GDCM).
 
 Run: ``python benchmarks/bench_io.py [--data-root DIR] [--repeats 3]``
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,6 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from vol_transfer.io.cache import VolumeCache
 from vol_transfer.io.data_root import resolve_data_root
 from vol_transfer.io.dicom import load_dicom_series
 from vol_transfer.io.volumes import load_volume
@@ -54,7 +52,7 @@ def volumes(root: Path) -> list[Path]:
     return paths
 
 
-def readers(cache: VolumeCache, monai_cache: dict[Path, Callable[[], object]]) -> dict[str, Callable[[Path], object]]:
+def nifti_readers() -> dict[str, Callable[[Path], object]]:
     from monai.transforms import LoadImage
     import torchio as tio
 
@@ -64,25 +62,11 @@ def readers(cache: VolumeCache, monai_cache: dict[Path, Callable[[], object]]) -
         "MONAI LoadImage": lambda p: monai_load(str(p)),
         "TorchIO ScalarImage": lambda p: tio.ScalarImage(p).data,
         "ours load_volume (.gz, CRC-checked)": lambda p: load_volume(p, allow_nonfinite=True).array,
-        "MONAI PersistentDataset (warm)": lambda p: monai_cache[p](),
-        "ours VolumeCache (warm, mmap)": lambda p: cache.load(p, allow_nonfinite=True).array,
-        "ours VolumeCache (warm, all voxels read)": lambda p: np.array(cache.load(p, allow_nonfinite=True).array),
     }
 
 
-def monai_persistent(paths: list[Path], folder: Path) -> dict[Path, Callable[[], object]]:
-    from monai.data import PersistentDataset
-    from monai.transforms import LoadImaged
-
-    dataset = PersistentDataset([{"image": str(p)} for p in paths], transform=LoadImaged(keys="image", image_only=True),
-                                cache_dir=folder)
-    for i in range(len(paths)):  # fill MONAI's cache (the cold pass), as we do for ours
-        dataset[i]
-    return {p: (lambda i=i: dataset[i]["image"]) for i, p in enumerate(paths)}
-
-
-def time_per_volume(read: Callable[[Path], object], paths: list[Path], repeats: int) -> float:
-    """Median over repeats of the mean seconds per volume."""
+def time_per_item(read: Callable[[Path], object], paths: list[Path], repeats: int) -> float:
+    """Median over repeats of the mean seconds per file (or series)."""
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -90,6 +74,20 @@ def time_per_volume(read: Callable[[Path], object], paths: list[Path], repeats: 
             read(path)
         runs.append((time.perf_counter() - start) / len(paths))
     return statistics.median(runs)
+
+
+def timed(table: dict[str, Callable[[Path], object]], paths: list[Path], repeats: int) -> dict[str, float]:
+    """Seconds per item for each reader, after one untimed read each warms the OS page cache alike."""
+    for read in table.values():
+        read(paths[0])
+    return {name: time_per_item(read, paths, repeats) for name, read in table.items()}
+
+
+def print_table(seconds: dict[str, float], unit: str, baseline_name: str, label: str) -> None:
+    baseline = seconds[baseline_name]
+    print(f"{'reader':42s} {unit:>10s} {label:>13s}")
+    for name, value in seconds.items():
+        print(f"{name:42s} {value:10.4f} {baseline / value:12.2f}x")
 
 
 def simpleitk_series(folder: Path) -> np.ndarray:
@@ -100,24 +98,28 @@ def simpleitk_series(folder: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(reader.Execute())
 
 
-def dicom_table(root: Path, scratch: Path, repeats: int) -> None:
+def nifti_table(root: Path, repeats: int) -> None:
+    paths = volumes(root)
+    seconds = timed(nifti_readers(), paths, repeats)
+    shape = nib.load(str(paths[0])).shape
+    print(f"{len(paths)} volumes {shape} (4 BraTS 2015 cases x Flair/T1c/label + BraTS 2023 4 modalities), "
+          f"median of {repeats} passes, torch threads 2")
+    print_table(seconds, "s/volume", "nibabel .nii.gz", "vs nibabel")
+    ours = seconds["ours load_volume (.gz, CRC-checked)"]
+    best_peer = min(seconds[k] for k in ("nibabel .nii.gz", "MONAI LoadImage", "TorchIO ScalarImage"))
+    print(f"ours load_volume vs the fastest peer: {best_peer / ours:.2f}x")
+
+
+def dicom_table(root: Path, repeats: int) -> None:
     folders = [root / s for s in DICOM_SERIES]
-    cache = VolumeCache(scratch / "dicom")
-    for folder in folders:
-        cache.load(folder)
     table = {
         "SimpleITK ImageSeriesReader": simpleitk_series,
         "ours load_dicom_series": lambda f: load_dicom_series(f).array,
-        "ours VolumeCache (warm, mmap)": lambda f: cache.load(f).array,
-        "ours VolumeCache (warm, all voxels read)": lambda f: np.array(cache.load(f).array),
     }
-    seconds = {name: time_per_volume(read, folders, repeats) for name, read in table.items()}
-    baseline = seconds["SimpleITK ImageSeriesReader"]
+    seconds = timed(table, folders, repeats)
     print(f"\nDICOM: {len(folders)} CT series (20 slices JPEG 2000 + 30 slices uncompressed, 512x512), "
           f"median of {repeats} passes")
-    print(f"{'reader':42s} {'s/series':>10s} {'vs SimpleITK':>13s}")
-    for name, value in seconds.items():
-        print(f"{name:42s} {value:10.4f} {baseline / value:12.2f}x")
+    print_table(seconds, "s/series", "SimpleITK ImageSeriesReader", "vs SimpleITK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,36 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     root = resolve_data_root(args.data_root)
-    paths = volumes(root)
-    with tempfile.TemporaryDirectory(prefix="bench_io_") as scratch:
-        cache = VolumeCache(Path(scratch) / "ours")
-        start = time.perf_counter()
-        for path in paths:  # the cold pass: decode once and write the entries
-            cache.load(path, allow_nonfinite=True)
-        cold = (time.perf_counter() - start) / len(paths)
-        table = readers(cache, monai_persistent(paths, Path(scratch) / "monai"))
-        for read in table.values():  # warm the OS page cache for every reader alike
-            read(paths[0])
-        seconds = {name: time_per_volume(read, paths, args.repeats) for name, read in table.items()}
-
-    shape = nib.load(str(paths[0])).shape
-    print(f"{len(paths)} volumes {shape} (4 BraTS 2015 cases x Flair/T1c/label + BraTS 2023 4 modalities), "
-          f"median of {args.repeats} passes, torch threads 2")
-    baseline = seconds["nibabel .nii.gz"]
-    best_peer_gz = min(seconds[k] for k in ("nibabel .nii.gz", "MONAI LoadImage", "TorchIO ScalarImage"))
-    print(f"{'reader':42s} {'s/volume':>10s} {'vs nibabel':>11s}")
-    for name, value in seconds.items():
-        print(f"{name:42s} {value:10.4f} {baseline / value:10.1f}x")
-    print(f"{'ours VolumeCache (cold: decode + write)':42s} {cold:10.4f} {baseline / cold:10.1f}x")
-    mmap = seconds["ours VolumeCache (warm, mmap)"]
-    full = seconds["ours VolumeCache (warm, all voxels read)"]
-    monai_cache = seconds["MONAI PersistentDataset (warm)"]
-    print(f"speed-up of our warm cache over the best .nii.gz reader: {best_peer_gz / mmap:.0f}x (mmap), "
-          f"{best_peer_gz / full:.1f}x (all voxels read)")
-    print(f"speed-up over MONAI PersistentDataset (warm): {monai_cache / mmap:.0f}x (mmap), "
-          f"{monai_cache / full:.1f}x (all voxels read)")
-    with tempfile.TemporaryDirectory(prefix="bench_io_dicom_") as scratch:
-        dicom_table(root, Path(scratch), args.repeats)
+    nifti_table(root, args.repeats)
+    dicom_table(root, args.repeats)
     return 0
 
 

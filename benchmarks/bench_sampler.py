@@ -7,7 +7,7 @@ probabilities 50 % background / 50 % tumour core for every method. Each method g
 pipeline:
 
 * vol_transfer: ``PatchLoader`` + ``BalancedSampler`` (+ ``Augmentation.study()``: one resample of
-  only the window, per patch).
+  only the window, per patch); per-volume sampler indices kept in memory, as training does.
 * TorchIO: ``SubjectsDataset`` (+ ``RandomAffine`` on the whole subject) → ``LabelSampler`` →
   ``Queue`` (all 4 subjects in the queue) → DataLoader.
 * MONAI: ``RandCropByLabelClassesd(num_samples=N)`` (+ ``RandAffined`` on each patch), with label
@@ -99,12 +99,11 @@ def endless(loader) -> Iterator:
         yield from loader
 
 
-def run_ours(window: int, augment: bool, workers: int, per_volume: int, min_patches: int, min_seconds: float,
-             cache: bool = False) -> float:
+def run_ours(window: int, augment: bool, workers: int, per_volume: int, min_patches: int,
+             min_seconds: float) -> float:
     loader = PatchLoader(list(range(len(DATA))), from_memory, BalancedSampler(window, PROBABILITIES),
                          batch_size=2, patches_per_volume=per_volume, volumes_per_block=len(DATA),
-                         augmentation=Augmentation.study() if augment else None, seed=0, num_workers=workers,
-                         cache=cache)
+                         augmentation=Augmentation.study() if augment else None, seed=0, num_workers=workers)
     return measure(iter(loader), lambda b: touched(b["image"], b["label"]), min_patches, min_seconds)
 
 
@@ -150,7 +149,6 @@ def run_monai(window: int, augment: bool, workers: int, per_volume: int, min_pat
 
 METHODS = {
     "vol_transfer": run_ours,
-    "vol_transfer_cached": lambda *a: run_ours(*a, cache=True),
     "torchio_queue": run_torchio,
     "monai": lambda *a: run_monai(*a, cached=False),
     "monai_cached_idx": lambda *a: run_monai(*a, cached=True),
@@ -170,14 +168,9 @@ def class_frequency(draws: int) -> list[str]:
 
 
 def training_step_seconds(window: int, batch: int = 2) -> float:
-    try:
-        from vol_transfer.nets.highres3dnet import HighRes3DNet
+    from vol_transfer.nets.highres3dnet import HighRes3DNet
 
-        net = HighRes3DNet(in_channels=2, num_classes=2)
-    except ImportError:
-        from monai.networks.nets import HighResNet
-
-        net = HighResNet(spatial_dims=3, in_channels=2, out_channels=2)
+    net = HighRes3DNet(in_channels=2, num_classes=2)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     image = torch.randn(batch, 2, window, window, window)
     label = torch.randint(0, 2, (batch, window, window, window))
@@ -230,14 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
 
     if "vol_transfer" in args.methods:
-        print("\nratios: vol_transfer / peer (goal: >= 10x TorchIO, >= 3x MONAI with augmentation); "
-              "in brackets vol_transfer_cached / monai_cached_idx (both keep per-volume indices in memory)")
+        print("\nratios: vol_transfer / peer (goal: >= 10x TorchIO, >= 3x MONAI with augmentation; "
+              "like with like: monai_cached_idx also keeps per-volume indices in memory)")
         for row in results:
             rates = row["patches_per_s"]
             ours = rates["vol_transfer"]
-            ratios = "  ".join(f"{m} {ours / r:6.1f}x" for m, r in rates.items() if not m.startswith("vol_transfer"))
-            if "vol_transfer_cached" in rates and "monai_cached_idx" in rates:
-                ratios += f"  [{rates['vol_transfer_cached'] / rates['monai_cached_idx']:5.1f}x]"
+            ratios = "  ".join(f"{m} {ours / r:6.1f}x" for m, r in rates.items() if m != "vol_transfer")
             print(f"  {row['window']:>3}³ augment={str(row['augment']):5} workers={row['workers']}: {ratios}")
 
     print("\nclass frequency of window centres over 10,000 draws (BalancedSampler, 50/50):")

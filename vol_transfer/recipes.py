@@ -6,10 +6,28 @@ rest of the recipe is validated against it by :func:`from_dict`, which reports u
 the closest valid key), wrong types and impossible values as one-line :class:`RecipeError`\\ s
 naming the dotted key.
 
+A section whose options depend on its ``kind`` is a *tagged union*: a ``Union`` of dataclasses that
+each fix one shared ``Literal`` field (``kind``, or ``name`` for networks) to their own value. The
+value's tag chooses the dataclass (an unknown tag is refused with the closest valid one); a
+missing tag means the field's default kind; that dataclass then refuses keys it does not have,
+naming the kind they belong to. ``transfer.freezing`` (:mod:`vol_transfer.transfer.freezing_spec`),
+``preprocessing.intensity`` steps and ``network`` (:mod:`vol_transfer.training.network_spec`) are
+typed this way, so the whole recipe is checked before any data is read.
+
 ``extends: base.yaml`` (or a list of files) is resolved relative to the recipe that names it,
 recursively, and deep-merged: the extending file wins, mappings merge key by key, everything else
 is replaced. ``--set key.sub=value`` overrides are applied last; their values are parsed as YAML
 (``--set optim.lr=3e-4``, ``--set data.splits=[train]``, ``--set network.options=null``).
+
+Changing the kind of a tagged union starts that sub-spec over, in an extending file and with
+``--set`` alike: the options of the old kind are dropped, options every kind has with the same
+type (``bn_policy`` of a freezing schedule) carry over, and so do keys the same command line set
+with ``--set``. So a base ``freezing: {kind: freeze_first, k: 2}`` extended by
+``freezing: {kind: warmup, iterations: 100}`` is a warm-up without a stray ``k``, and
+``--set transfer.freezing.kind=warmup --set transfer.freezing.iterations=100`` means the same in
+either order. The rule needs the recipe's schema, so it applies to recipes whose ``task:`` names a
+registered task (plain :func:`deep_merge` without a ``schema`` merges key by key); ``kind`` keys of
+plain sections (``sampler.kind``, ``loss.kind``) merge as before.
 
 Relative paths inside a recipe are kept as written and resolved against the working directory
 when used (the shipped recipes assume the project root).
@@ -26,11 +44,33 @@ Example:
     ...
     vol_transfer.errors.RecipeError: optim.lrr: unknown key — did you mean 'lr'? valid keys: lr, name
 
+A tagged union, the dataclass chosen by ``kind``:
+    >>> @dataclass(kw_only=True)
+    ... class Constant:
+    ...     kind: Literal["constant"] = "constant"
+    >>> @dataclass(kw_only=True)
+    ... class Step:
+    ...     kind: Literal["step"] = "step"
+    ...     every: int = option(ge=1)
+    >>> from_dict(typing.Union[Constant, Step], {"kind": "step", "every": 100}, "schedule")
+    Step(kind='step', every=100)
+    >>> from_dict(typing.Union[Constant, Step], {"kind": "stpe"}, "schedule")
+    Traceback (most recent call last):
+    ...
+    vol_transfer.errors.RecipeError: schedule.kind: 'stpe' is not allowed — did you mean 'step'? choose one of 'constant', 'step'
+    >>> from_dict(typing.Union[Constant, Step], {"kind": "constant", "every": 100}, "schedule")
+    Traceback (most recent call last):
+    ...
+    vol_transfer.errors.RecipeError: schedule.every: is not an option of kind 'constant' — it belongs to kind 'step': set schedule.kind to that, or drop every (options of kind 'constant': kind)
+
 Registering a task (done once, in the module that implements it)::
 
     register_task("segmentation", SegmentationConfig, run_segmentation)
-    task, config = resolve_recipe("recipes/hippocampus_pretrain_cpu.yaml", ["iterations=10"])
+    task, config = resolve_recipe("recipes/hippocampus_pretrain_cpu.yaml", ["training.iterations=10"])
     get_task(task).run(config, run_dir)
+
+A study recipe (``task: study``) is run by ``vol-transfer study``; :func:`resolve_recipe` refuses a
+recipe whose task belongs to another command than the one asking (``command="train"`` by default).
 """
 
 from __future__ import annotations
@@ -39,6 +79,7 @@ import collections.abc
 import copy
 import dataclasses
 import difflib
+import functools
 import importlib
 import math
 import os
@@ -55,6 +96,8 @@ from vol_transfer.errors import RecipeError
 __all__ = [
     "option",
     "from_dict",
+    "closest",
+    "tagged_union",
     "config_to_dict",
     "load_recipe_dict",
     "apply_overrides",
@@ -136,6 +179,12 @@ def _value_text(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def closest(value: Any, choices: Sequence[Any]) -> str:
+    """``"did you mean 'x'? "`` for the valid choice closest to ``value``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def _wrong_type(where: str, tp: Any, value: Any) -> RecipeError:
     return RecipeError(
         where,
@@ -169,15 +218,14 @@ def _convert_dataclass(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if not isinstance(key, str) or key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
             raise RecipeError(_key(where, str(key)), "unknown key",
-                              f"{hint}valid keys: {', '.join(fields) or '(none)'}")
+                              f"{closest(key, list(fields))}valid keys: {', '.join(fields) or '(none)'}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key = _key(where, name)
         if name in data:
-            value = _convert(hints[name], data[name], key)
+            default = _field_default(f) if tagged_union(hints[name]) is not None else _MISSING
+            value = _convert(hints[name], data[name], key, default)
             _check_constraints(f, value, key)
             values[name] = value
         elif f.default is _MISSING and f.default_factory is _MISSING:  # type: ignore[misc]
@@ -189,9 +237,70 @@ def _convert_dataclass(cls: type, data: Any, where: str) -> Any:
     return instance
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _MISSING
+
+
+@functools.lru_cache(maxsize=None)
+def tagged_union(tp: Any) -> tuple[str, dict[Any, type]] | None:
+    """``(tag field, {tag value: dataclass})`` when ``tp`` is a tagged union, else None.
+
+    A tagged union is a ``Union`` (``None`` allowed) of two or more dataclasses that share a field
+    typed ``Literal[<one value>]``, each with its own value: ``kind`` in freezing specs, ``name``
+    in network specs. The first such field (in the first dataclass's order) is the tag.
+    """
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    members = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(members) < 2 or not all(dataclasses.is_dataclass(m) for m in members):
+        return None
+    hints = [typing.get_type_hints(m) for m in members]
+    for name in hints[0]:
+        tags = [h.get(name) for h in hints]
+        if all(typing.get_origin(t) is Literal and len(typing.get_args(t)) == 1 for t in tags):
+            values = [typing.get_args(t)[0] for t in tags]
+            if len(set(values)) == len(values):
+                return name, dict(zip(values, members))
+    return None
+
+
+def _tag_of(member: type, tag: str) -> Any:
+    return typing.get_args(typing.get_type_hints(member)[tag])[0]
+
+
+def _union_member(tp: Any, value: Any, where: str, default: Any = _MISSING) -> type:
+    """The dataclass of tagged union ``tp`` that mapping ``value`` selects (RecipeError if none)."""
+    tag, members = tagged_union(tp)  # type: ignore[misc]
+    if tag in value:
+        return members[_convert(Literal[tuple(members)], value[tag], _key(where, tag))]
+    if default is not _MISSING and type(default) in members.values():
+        return type(default)
+    raise RecipeError(_key(where, tag), "required key is missing",
+                      f"add '{tag}:' to {where or 'the recipe'} (one of {', '.join(repr(v) for v in members)})")
+
+
+def _convert_tagged(tp: Any, value: Mapping, where: str, default: Any) -> Any:
+    tag, members = tagged_union(tp)  # type: ignore[misc]
+    member = _union_member(tp, value, where, default)
+    own = {f.name for f in dataclasses.fields(member)}
+    for key in value:
+        owners = [repr(v) for v, m in members.items() if m is not member and key in {f.name for f in dataclasses.fields(m)}]
+        if key not in own and owners:
+            raise RecipeError(_key(where, str(key)), f"is not an option of {tag} {_tag_of(member, tag)!r}",
+                              f"it belongs to {tag} {', '.join(owners)}: set {_key(where, tag)} to that, "
+                              f"or drop {key} (options of {tag} {_tag_of(member, tag)!r}: {', '.join(sorted(own))})")
+    return _convert_dataclass(member, value, where)
+
+
+def _convert(tp: Any, value: Any, where: str, default: Any = _MISSING) -> Any:
     if tp is Any or tp is object:
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = config_to_dict(value)  # an already typed section is checked again like its YAML
     if dataclasses.is_dataclass(tp):
         return _convert_dataclass(tp, value, where)
     origin = typing.get_origin(tp)
@@ -202,6 +311,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             if type(None) in args:
                 return None
             raise _wrong_type(where, tp, value)
+        if isinstance(value, Mapping) and tagged_union(tp) is not None:
+            return _convert_tagged(tp, value, where, default)
         candidates = [a for a in args if a is not type(None)]
         errors: list[RecipeError] = []
         for candidate in candidates:
@@ -221,10 +332,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is Literal:
         if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
             return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise RecipeError(where, f"{_value_text(value)} is not allowed",
-                          f"{hint}choose one of {', '.join(repr(a) for a in args)}")
+                          f"{closest(value, args)}choose one of {', '.join(repr(a) for a in args)}")
 
     if origin in (list, collections.abc.Sequence) or tp is list:
         if isinstance(value, tuple):
@@ -368,12 +477,62 @@ def recipe_to_yaml(task: str, config: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``override`` into a copy of ``base``: mappings merge by key, anything else is replaced."""
+def _field_schema(schema: Any, key: Any) -> tuple[Any, Any]:
+    """The declared type and default of ``key`` inside a mapping of type ``schema`` ((None, MISSING) if unknown)."""
+    if typing.get_origin(schema) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(schema) if a is not type(None)]
+        schema = inner[0] if len(inner) == 1 else None
+    if dataclasses.is_dataclass(schema):
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        if key in fields:
+            return typing.get_type_hints(schema)[key], fields[key]
+        return None, _MISSING
+    if typing.get_origin(schema) in (dict, collections.abc.Mapping) and typing.get_args(schema):
+        return typing.get_args(schema)[1], _MISSING
+    return None, _MISSING
+
+
+def _selected(tp: Any, mapping: Mapping, field: Any) -> type | None:
+    """The dataclass of tagged union ``tp`` that ``mapping`` selects, or None (not a union, unknown tag)."""
+    tagged = tagged_union(tp)
+    if tagged is None:
+        return None
+    tag, members = tagged
+    if tag in mapping:
+        value = mapping[tag]
+        return members.get(value) if isinstance(value, collections.abc.Hashable) else None
+    default = _field_default(field) if isinstance(field, dataclasses.Field) else _MISSING
+    return type(default) if type(default) in members.values() else None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _shared_keys(old: Mapping, before: type, after: type, tag: str) -> dict[str, Any]:
+    """The entries of ``old`` that both union members have with the same type (carried over a kind change)."""
+    a, b = (_field_types(member) for member in (before, after))
+    return {k: copy.deepcopy(v) for k, v in old.items() if k != tag and k in a and k in b and a[k] == b[k]}
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], schema: Any = None) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``: mappings merge by key, anything else is replaced.
+
+    With ``schema`` (the dataclass the merged mapping will be validated against), a tagged-union
+    sub-spec whose kind ``override`` changes starts over (see the module docstring).
+    """
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        old = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            tp, field = _field_schema(schema, key)
+            before = _selected(tp, old, field)
+            after = _selected(tp, value, field) if tagged_union(tp) and tagged_union(tp)[0] in value else before
+            if before is not None and after is not None and before is not after:
+                merged[key] = {**_shared_keys(old, before, after, tagged_union(tp)[0]), **copy.deepcopy(dict(value))}
+            else:
+                merged[key] = deep_merge(old, value, after or tp)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -398,26 +557,48 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_recipe_dict(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe file and everything it ``extends``, deep-merged, without validating it."""
-    path = Path(path).expanduser()
+def _recipe_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """A recipe file and everything it ``extends``, flattened in merge order (parents first)."""
     resolved = path.resolve()
-    if resolved in _chain:
-        cycle = " → ".join(p.name for p in (*_chain, resolved))
+    if resolved in chain:
+        cycle = " → ".join(p.name for p in (*chain, resolved))
         raise RecipeError(path, f"'extends' forms a cycle ({cycle})", "remove one of the 'extends' entries")
     data = _read_yaml(path)
     parents = data.pop("extends", None)
     if parents is None:
-        return data
+        return [data]
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
         raise RecipeError(f"{path}: extends", "expected a file name or a list of file names",
                           "write 'extends: base.yaml' (relative to this recipe)")
+    layers = [layer for parent in parents for layer in _recipe_layers(path.parent / parent, (*chain, resolved))]
+    return [*layers, data]
+
+
+def _task_schema(name: Any) -> type | None:
+    """The config dataclass of task ``name``, or None when it names no registered task."""
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        return get_task(name).config_cls
+    except RecipeError:
+        return None
+
+
+def load_recipe_dict(path: str | os.PathLike, schema: Any = None) -> dict[str, Any]:
+    """Read a recipe file and everything it ``extends``, deep-merged, without validating it.
+
+    The merge follows ``schema`` (default: the config dataclass of the recipe's ``task:``), so an
+    extending file can replace a sub-spec with one of another kind.
+    """
+    layers = _recipe_layers(Path(path).expanduser())
+    if schema is None:
+        schema = _task_schema(next((layer["task"] for layer in reversed(layers) if "task" in layer), None))
     merged: dict[str, Any] = {}
-    for parent in parents:
-        merged = deep_merge(merged, load_recipe_dict(path.parent / parent, (*_chain, resolved)))
-    return deep_merge(merged, data)
+    for layer in layers:
+        merged = deep_merge(merged, layer, schema)
+    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -447,12 +628,17 @@ def _looks_like_float(text: str) -> bool:
     return any(c in text.lower() for c in ".e") and text.strip().lower() not in ("inf", "-inf", "nan", ".inf")
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``--set key.sub=value`` overrides to a copy of the recipe data."""
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], schema: Any = None) -> dict[str, Any]:
+    """Apply ``--set key.sub=value`` overrides to a copy of the recipe data.
+
+    With ``schema``, setting the tag of a tagged-union sub-spec to another kind drops the old
+    kind's options (see the module docstring).
+    """
     result = copy.deepcopy(dict(data))
+    written: list[tuple[str, ...]] = []  # the keys set so far on this command line
     for text in overrides:
         parts, value = parse_override(text)
-        node = result
+        node, tp, field = result, schema, None
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
@@ -461,8 +647,20 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 where = ".".join(parts[: depth + 1])
                 raise RecipeError(f"--set {text}", f"'{where}' is a single value, not a section",
                                   f"set {where}=VALUE instead")
+            member = _selected(tp, node, field)
+            tp, field = _field_schema(member or tp, part)
             node = child
+        tagged = tagged_union(tp)
+        if tagged is not None and parts[-1] == tagged[0] and isinstance(value, collections.abc.Hashable):
+            before, after = _selected(tp, node, field), tagged[1].get(value)
+            if before is not None and after is not None and before is not after:
+                prefix = tuple(parts[:-1])
+                kept = {k: v for k, v in node.items() if (*prefix, k) in {w[: len(prefix) + 1] for w in written}}
+                kept = {**_shared_keys(node, before, after, tagged[0]), **kept}
+                node.clear()
+                node.update(kept)
         node[parts[-1]] = value
+        written.append(tuple(parts))
     return result
 
 
@@ -473,11 +671,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A recipe task: its config dataclass and ``run(config, run_dir, **options) -> dict`` function."""
+    """A recipe task: its config dataclass, ``run(config, run_dir, **options) -> dict`` function and
+    the ``vol-transfer`` command that runs its recipes (``train``, or ``study`` for studies)."""
 
     name: str
     config_cls: type
     run: Callable[..., Any]
+    command: str = "train"
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -486,11 +686,11 @@ _TASK_PACKAGE = "vol_transfer.training"
 _TASK_MODULES = {"study": "vol_transfer.studies.plan"}
 
 
-def register_task(name: str, config_cls: type, run_fn: Callable[..., Any]) -> TaskSpec:
-    """Register (or replace) the task that recipes select with ``task: <name>``."""
+def register_task(name: str, config_cls: type, run_fn: Callable[..., Any], command: str = "train") -> TaskSpec:
+    """Register (or replace) the task that recipes select with ``task: <name>``, run by ``vol-transfer <command>``."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_task({name!r}): config_cls must be a dataclass")
-    spec = TaskSpec(name, config_cls, run_fn)
+    spec = TaskSpec(name, config_cls, run_fn, command)
     _TASKS[name] = spec
     return spec
 
@@ -526,20 +726,27 @@ def get_task(name: str, where: str = "task") -> TaskSpec:
         _import_task_module(name)
     if name not in _TASKS:
         known = registered_tasks()
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise RecipeError(where, f"unknown task {name!r}", f"{hint}known tasks: {', '.join(known) or '(none)'}")
+        raise RecipeError(where, f"unknown task {name!r}", f"{closest(name, known)}known tasks: {', '.join(known) or '(none)'}")
     return _TASKS[name]
 
 
-def resolve_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[str, Any]:
-    """Read, extend, override and validate a recipe → ``(task name, typed config)``."""
-    data = apply_overrides(load_recipe_dict(path), overrides)
+def resolve_recipe(path: str | os.PathLike, overrides: Sequence[str] = (),
+                   command: str | None = "train") -> tuple[str, Any]:
+    """Read, extend, override and validate a recipe → ``(task name, typed config)``.
+
+    ``command`` is the ``vol-transfer`` command asking (``"train"``, ``"study"``): a recipe of a task
+    that another command runs is refused with a pointer to that command; None accepts any task.
+    """
+    data = load_recipe_dict(path)
+    data = apply_overrides(data, overrides, _task_schema(data.get("task")))
     if "task" not in data:
         raise RecipeError(f"{path}: task", "required key is missing",
                           f"add e.g. 'task: segmentation' (known: {', '.join(registered_tasks())})")
     task_name = data.pop("task")
     spec = get_task(task_name, where=f"{path}: task")
+    if command is not None and spec.command != command:
+        raise RecipeError(f"{path}: task", f"a '{task_name}' recipe is run by 'vol-transfer {spec.command}', "
+                          f"not 'vol-transfer {command}'", f"run: vol-transfer {spec.command} {path}")
     try:
         config = from_dict(spec.config_cls, data)
     except RecipeError as error:

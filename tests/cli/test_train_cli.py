@@ -45,7 +45,7 @@ def test_train_refuse_overwrite_resume_and_extend(recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", str(recipe), "--run-dir", str(run_dir), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "validation Dice" in out and (run_dir / "recipe.yaml").is_file()
+    assert "best checkpoint by val/dice_mean (max)" in out and (run_dir / "recipe.yaml").is_file()
     resolved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert resolved["task"] == "segmentation" and resolved["training"]["iterations"] == 2
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vol_transfer.evaluation.metrics import binary_metrics, class_metrics, surface
+from vol_transfer.evaluation.metrics import binary_metrics, class_metrics, dice, dice_per_class, mean_dice, surface
 
 
 def _box(shape, *slices) -> np.ndarray:
@@ -41,9 +41,9 @@ def test_identical_masks():
 def test_empty_cases_are_explicit():
     empty = np.zeros((5, 5, 5), bool)
     cube = _box((5, 5, 5), slice(1, 3), slice(1, 3), slice(1, 3))
-    both = binary_metrics(empty, empty, (1, 1, 1))
-    assert (both["dice"], both["hd95"], both["asd"], both["volume_difference_ml"]) == (1.0, 0.0, 0.0, 0.0)
-    assert math.isnan(both["sensitivity"]) and math.isnan(both["precision"])
+    both = binary_metrics(empty, empty, (1, 1, 1))  # nothing to score: NaN, left out of means (nnU-Net)
+    assert all(math.isnan(both[m]) for m in ("dice", "hd95", "asd", "sensitivity", "precision"))
+    assert both["volume_difference_ml"] == 0.0
     missed = binary_metrics(empty, cube, (1, 1, 1))
     assert missed["dice"] == 0.0 and math.isinf(missed["hd95"]) and math.isinf(missed["asd"])
     assert missed["sensitivity"] == 0.0 and math.isnan(missed["precision"])
@@ -89,3 +89,34 @@ def test_agrees_with_monai_on_irregular_masks():
     asd = compute_average_surface_distance(one_hot(pred), one_hot(truth), symmetric=True, spacing=spacing)
     assert ours["hd95"] == pytest.approx(float(hd95[0, 0]), rel=1e-5)
     assert ours["asd"] == pytest.approx(float(asd[0, 0]), rel=1e-5)
+
+
+def test_dice_per_class_hand_computed_and_nan_when_absent_from_both():
+    prediction = np.array([0, 1, 1, 2, 2, 0])
+    truth = np.array([0, 1, 0, 2, 2, 2])
+    assert dice_per_class(prediction, truth, 4)[:2] == pytest.approx([2 / 3, 0.8])
+    assert math.isnan(dice_per_class(prediction, truth, 4)[2])  # class 3 in neither
+    assert dice_per_class(np.array([3, 0]), np.array([0, 0]), 4)[2] == 0.0  # a false positive on an empty truth
+    with pytest.raises(ValueError):
+        dice_per_class(prediction[:-1], truth, 3)
+
+
+def test_mean_dice_leaves_nan_out():
+    assert mean_dice([0.5, math.nan, 0.7]) == pytest.approx(0.6)
+    assert math.isnan(mean_dice([math.nan, math.nan])) and math.isnan(mean_dice([]))
+
+
+def test_dice_agrees_with_monai_where_the_truth_is_not_empty():
+    from monai.metrics import compute_dice
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, (12, 10, 8))
+    prediction = np.where(rng.random(truth.shape) < 0.3, rng.integers(0, 3, truth.shape), truth)
+
+    def one_hot(labels):
+        return torch.from_numpy(np.stack([labels == k for k in range(3)]).astype(np.float32))[None]
+
+    theirs = compute_dice(one_hot(prediction), one_hot(truth), include_background=False)[0].tolist()
+    assert dice_per_class(prediction, truth, 3) == pytest.approx(theirs, rel=1e-6)
+    empty = np.zeros_like(truth)
+    assert math.isnan(dice(empty == 1, empty == 1))

@@ -121,3 +121,30 @@ def test_missing_prediction_and_wrong_grid_are_one_line_errors(dataset, shared_d
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "shape (10, 10, 10) differs" in err[0]
     assert not (tmp_path / "r" / "summary.md").exists()
+
+
+def test_class_absent_from_both_is_nan_and_left_out_of_the_mean(tmp_path):
+    """nnU-Net's convention, as in the validator and the study reports: nothing to score is not a 1."""
+    affine = np.eye(4)
+    truth_a = np.zeros((6, 6, 6), np.uint8)
+    truth_a[1:4, 1:4, 1:4] = 1
+    pred_a = truth_a.copy()
+    pred_a[1:4, 1:4, 1] = 0  # Dice 2·18 / 45
+    empty = np.zeros_like(truth_a)
+    for subject, truth, prediction in (("a", truth_a, pred_a), ("b", empty, empty)):
+        save_volume(truth, tmp_path / f"{subject}_label.nii.gz", affine=affine)
+        save_volume(truth.astype(np.float32), tmp_path / f"{subject}_image.nii.gz", affine=affine)
+        save_volume(prediction, tmp_path / "pred" / f"{subject}_seg.nii.gz", affine=affine)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("# labels: 0,1\nsubject_id,split,image,label\n"
+                        + "".join(f"{s},test,{s}_image.nii.gz,{s}_label.nii.gz\n" for s in "ab"))
+    out = tmp_path / "report"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--manifest", str(manifest), "--data-root",
+                 str(tmp_path), "--labels", "core=1", "--out", str(out), "--no-progress", "--overlays", "0"]) == 0
+    with open(out / "metrics_per_subject.csv") as handle:
+        dice = {r["subject_id"]: float(r["dice"]) for r in csv.DictReader(handle)}
+    assert dice["a"] == pytest.approx(2 * 18 / 45) and math.isnan(dice["b"])
+    with open(out / "summary.csv") as handle:
+        summary = next(r for r in csv.DictReader(handle) if r["metric"] == "dice")
+    assert float(summary["mean"]) == pytest.approx(2 * 18 / 45)
+    assert (summary["n"], summary["n_excluded"]) == ("1", "1")

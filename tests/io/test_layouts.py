@@ -179,3 +179,30 @@ def test_msd_dataset_json_declares_labels(tmp_path):
     (tmp_path / "Task99" / "dataset.json").write_text('{"labels": ["x"]}')
     with pytest.raises(InputDataError, match="dataset.json: has no readable 'labels'"):
         scan_layout("msd", tmp_path / "Task99")
+
+
+def test_msd_multimodal_task_names_the_volumes_of_its_4d_images(tmp_path):
+    """MSD Task01 layout: one 4-D image per case; dataset.json's modality names become channel names."""
+    from vol_transfer.io.case import load_case
+
+    task = tmp_path / "Task01"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    volumes = np.stack([np.full((4, 4, 3), float(v), np.float32) for v in range(4)], axis=-1)  # (X, Y, Z, 4)
+    nib.save(nib.Nifti1Image(volumes, np.eye(4)), str(task / "imagesTr" / "BRATS_001.nii.gz"))
+    label = np.zeros((4, 4, 3), np.uint8)
+    label[1, 1, 1] = 2
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(task / "labelsTr" / "BRATS_001.nii.gz"))
+    (task / "dataset.json").write_text('{"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, '
+                                       '"labels": {"0": "background", "1": "edema", "2": "tumour"}}')
+    draft = scan_layout("msd", task)
+    assert draft.metadata["volumes"] == "image=flair,t1,t1c,t2"
+    assign_splits(draft, (1.0, 0.0), seed=0)
+    out = write_manifest(draft, tmp_path / "task01.csv", data_root=tmp_path)
+    assert "# volumes: image=flair,t1,t1c,t2" in out.read_text().splitlines()
+    manifest = read_manifest(out, data_root=tmp_path)
+    assert validate_manifest(manifest).ok
+    image, _ = load_case(manifest.subjects()[0])
+    assert image.channel_names == ("flair", "t1", "t1c", "t2")
+    image, _ = load_case(manifest.subjects()[0], ["t2", "t1ce"])  # by name, in the order asked, with aliases
+    assert [float(c.max()) for c in image.array] == [3.0, 2.0]

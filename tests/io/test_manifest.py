@@ -1,5 +1,5 @@
 """Manifests: structure checks (read_manifest) and data checks (validate_manifest) report every
-problem at once; load_subject stacks channels and puts the label on the image grid."""
+problem at once; load_case stacks channels and puts the label on the image grid."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from vol_transfer.errors import InputDataError, ManifestError
-from vol_transfer.io.manifest import (
-    load_subject,
-    onto_grid,
-    parse_label_values,
-    read_manifest,
-    validate_manifest,
-)
+from vol_transfer.io.case import load_case, onto_grid
+from vol_transfer.io.manifest import parse_label_values, read_manifest, validate_manifest
 from vol_transfer.io.volumes import Volume
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
@@ -70,7 +65,7 @@ b,validation,b_t1.nii.gz,b_t2.nii.gz,b_seg.nii.gz
 """
 
 
-def test_read_good_manifest_and_load_subject(root):
+def test_read_good_manifest_and_load_case(root):
     manifest = read_manifest(_write(root / "m.csv", GOOD), data_root=root)
     assert manifest.channel_names == ("t1", "t2")
     assert manifest.splits == ["train", "validation"]
@@ -78,7 +73,7 @@ def test_read_good_manifest_and_load_subject(root):
     assert manifest.label_values == (0, 1, 2) and manifest.label_names == ("background", "head", "body")
     subject = manifest.subjects("train")[0]
     assert list(subject.channels) == ["t1", "t2"] and subject.channels["t1"] == root / "a_t1.nii.gz"
-    image, label = load_subject(subject)
+    image, label = load_case(subject)
     assert image.array.shape == (2, 6, 7, 5) and image.array.dtype == np.float32
     assert image.channel_names == ("t1", "t2")
     assert label.array.dtype == np.uint8 and set(np.unique(label.array)) == {0, 1, 2}
@@ -182,7 +177,7 @@ hippocampus_281,train,msd_hippocampus/imagesTr/hippocampus_001.nii.gz,msd_hippoc
     report = validate_manifest(deep)
     assert len(report.problems) == 1 and "(512, 512, 94) differs" in report.problems[0]
     with pytest.raises(InputDataError, match="512, 512, 94"):
-        load_subject(deep.subjects()[0])
+        load_case(deep.subjects()[0])
 
 
 def test_classification_manifest(root):
@@ -207,7 +202,7 @@ x3,train,p2,x3.png,COVID
     report = validate_manifest(good)
     assert len(report.problems) == 3 and "cannot read image" in report.problems[0]
     with pytest.raises(InputDataError, match="classification case"):
-        load_subject(good.subjects()[0])
+        load_case(good.subjects()[0])
 
 
 def test_label_in_another_axis_order_is_put_on_the_image_grid():
@@ -257,7 +252,7 @@ def test_shipped_hippocampus_split_and_contents(shared_data):
 
 def test_shipped_ct_label_lines_up_with_the_dicom_series(shared_data):
     manifest = read_manifest(MANIFESTS / "ct_abdomen_totalsegmentator.csv", data_root=shared_data)
-    image, label = load_subject(manifest.subjects()[0])
+    image, label = load_case(manifest.subjects()[0])
     assert image.spatial_shape == label.spatial_shape == (512, 512, 20)
     liver_hu = float(np.median(image.array[0][label.array[0] == 5]))
     assert 30 < liver_hu < 120  # liver parenchyma, so the label sits on the right voxels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vol_transfer.errors import RecipeError
+from vol_transfer.errors import InputDataError, RecipeError
 from vol_transfer.io.volumes import load_volume
 from vol_transfer.preprocessing.labels import LABEL_PRESETS, remap_labels
 
@@ -39,7 +39,7 @@ def test_none_keeps_labels_and_input_untouched():
 def test_errors():
     with pytest.raises(RecipeError, match="unknown label preset"):
         remap_labels(np.zeros(2), "brats_tc_2099")
-    with pytest.raises(RecipeError, match="non-integer"):
+    with pytest.raises(InputDataError, match="non-integer"):
         remap_labels(np.array([0.5]), {1: 1})
     with pytest.raises(RecipeError, match="not a mapping"):
         remap_labels(np.zeros(2), {"a": 1})

@@ -24,29 +24,74 @@ FULL_SPEC = {
 def test_spec_round_trip_is_json():
     prep = Preprocessor.from_spec(FULL_SPEC)
     spec = json.loads(json.dumps(prep.to_spec()))
-    assert spec == FULL_SPEC
+    assert spec["intensity"][0] == {"kind": "percentile_clip", "lower": 1, "upper": 99, "channels": None}
+    assert spec["intensity"][1] == {"kind": "zscore", "mask": "nonzero", "threshold": 0.0, "channels": None}
+    assert {k: v for k, v in spec.items() if k != "intensity"} == {k: v for k, v in FULL_SPEC.items() if k != "intensity"}
     assert Preprocessor.from_spec(spec) == prep
     assert Preprocessor.from_spec({}).to_spec()["intensity"] == []
 
 
+# what checkpoints written before the typed intensity steps hold (Preprocessor.to_spec of that code)
+OLD_CHECKPOINT_SPECS = [
+    {"orientation": "RAS", "crop_foreground": None, "intensity": [{"kind": "zscore", "mask": "foreground"}],
+     "spacing": None, "min_size": None},
+    {"orientation": "RAS", "crop_foreground": 4,
+     "intensity": [{"kind": "percentile_clip", "lower": 0.5, "upper": 99.5}, {"kind": "zscore", "mask": "nonzero"},
+                   {"kind": "hu_window", "window": [-1000, 400], "channels": [1]}, {"kind": "scale_by_max"},
+                   {"kind": "scale_uint8", "channels": [0]}],
+     "spacing": [1, 1, 1.5], "min_size": [32, 32, 32]},
+]
+
+
+@pytest.mark.parametrize("spec", OLD_CHECKPOINT_SPECS)
+def test_specs_stored_by_older_checkpoints_still_load_and_normalise_the_same(spec):
+    from vol_transfer.preprocessing import intensity
+
+    prep = Preprocessor.from_spec(spec)
+    assert Preprocessor.from_spec(json.loads(json.dumps(prep.to_spec()))) == prep
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=(2, 6, 5, 4)).astype(np.float32) * 100
+    expected = array.copy()
+    functions = {
+        "zscore": lambda a, s: intensity.zscore(a, intensity.foreground_mask(a, s.get("mask", "nonzero"))),
+        "percentile_clip": lambda a, s: intensity.percentile_clip(a, s["lower"], s["upper"]),
+        "hu_window": lambda a, s: intensity.hu_window(a, s["window"]),
+        "scale_by_max": lambda a, s: intensity.scale_by_max(a, s.get("slice_axis")),
+        "scale_uint8": lambda a, s: intensity.scale_uint8(a),
+    }
+    for step in spec["intensity"]:
+        for c in step.get("channels", range(2)):
+            expected[c] = functions[step["kind"]](expected[c], step)
+    np.testing.assert_array_equal(prep.normalise(array), expected)
+
+
 @pytest.mark.parametrize(
-    "spec, match",
+    "spec, key, match",
     [
-        ({"orientaton": "RAS"}, "unknown key"),
-        ({"orientation": "RAR"}, "repeats an axis"),
-        ({"spacing": [1, 1]}, "2 values"),
-        ({"spacing": [1, 0, 1]}, "<= 0"),
-        ({"crop_foreground": -1}, "margin"),
-        ({"intensity": [{"kind": "zscore", "mask": "brain"}]}, "unknown foreground mask"),
-        ({"intensity": [{"kind": "hu_window"}]}, "needs a 'window'"),
-        ({"intensity": [{"kind": "hu_window", "window": "liver"}]}, "unknown HU window"),
-        ({"intensity": [{"kind": "gamma"}]}, "unknown kind"),
-        ({"intensity": [{"kind": "zscore", "nonzero": True}]}, "unknown option"),
+        ({"orientaton": "RAS"}, "preprocessing.orientaton", "did you mean 'orientation'"),
+        ({"orientation": "RAR"}, "preprocessing.orientation", "repeats an axis"),
+        ({"spacing": [1, 1]}, "preprocessing.spacing", "expected 3 values, got 2"),
+        ({"spacing": [1, 0, 1]}, "preprocessing.spacing", "out of range"),
+        ({"crop_foreground": -1}, "preprocessing.crop_foreground", "out of range"),
+        ({"intensity": [{"kind": "zscore", "mask": "brain"}]}, "preprocessing.intensity[0].mask", "'brain' is not allowed"),
+        ({"intensity": [{"kind": "hu_window"}]}, "preprocessing.intensity[0].window", "required key is missing"),
+        ({"intensity": [{"kind": "hu_window", "window": "liver"}]}, "preprocessing.intensity[0].window", "unknown HU window"),
+        ({"intensity": [{"kind": "hu_window", "window": [400, -1000]}]}, "preprocessing.intensity[0].window", "empty"),
+        ({"intensity": [{"kind": "gamma"}]}, "preprocessing.intensity[0].kind", "'gamma' is not allowed"),
+        ({"intensity": [{"kind": "zscor"}]}, "preprocessing.intensity[0].kind", "did you mean 'zscore'"),
+        ({"intensity": [{"mask": "nonzero"}]}, "preprocessing.intensity[0].kind", "required key is missing"),
+        ({"intensity": [{"kind": "zscore", "nonzero": True}]}, "preprocessing.intensity[0].nonzero", "unknown key"),
+        ({"intensity": [{"kind": "zscore", "window": "lung"}]}, "preprocessing.intensity[0].window",
+         "belongs to kind 'hu_window'"),
+        ({"intensity": [{"kind": "percentile_clip", "lower": 99, "upper": 1}]}, "preprocessing.intensity[0].upper",
+         "not above"),
+        ({"intensity": [{"kind": "scale_uint8", "channels": [-1]}]}, "preprocessing.intensity[0].channels", "out of range"),
     ],
 )
-def test_bad_specs_name_the_key(spec, match):
-    with pytest.raises(RecipeError, match=match):
+def test_bad_specs_name_the_key(spec, key, match):
+    with pytest.raises(RecipeError, match=match) as info:
         Preprocessor.from_spec(spec)
+    assert info.value.where == key and "\n" not in info.value.message
 
 
 def test_intensity_only_on_named_channels():

@@ -1,4 +1,4 @@
-"""Loader: batch format, padding marks, reproducibility, worker seeding, exact resume, errors."""
+"""Loader: batch format, padding marks, reproducibility, worker seeding and transports, exact resume, errors."""
 
 from __future__ import annotations
 
@@ -84,27 +84,39 @@ def test_every_volume_gets_patches_per_volume_patches_per_epoch():
     assert sorted(np.bincount(items.numpy()).tolist()) == [4] * 5
 
 
-@pytest.mark.parametrize("cache", [False, True])  # workers share out visits / whole batches
-def test_two_workers_give_the_same_batches_as_none(cache):
+@pytest.mark.parametrize("transport", ["torch", "ring"])
+def test_two_workers_give_the_same_batches_as_none(transport):
     serial = take(make_loader(), 8)
-    parallel = take(make_loader(num_workers=2, cache=cache), 8)
+    parallel = take(make_loader(num_workers=2, worker_transport=transport), 8)
     assert [b["index"] for b in parallel] == list(range(8))
     assert same(serial, parallel)
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_reused_worker_buffers_never_change_delivered_batches(cache):
-    """Workers cycle through a few shared-memory slots (vol_transfer.sampling.ring). With the
-    fewest slots (prefetch 1), batches spanning two blocks, and every batch kept by the caller,
-    30 batches must still equal the in-process ones: no slot is reused while still needed."""
+def test_reused_ring_slots_never_change_delivered_batches():
+    """With worker_transport="ring" workers cycle through a few shared-memory slots
+    (vol_transfer.sampling.ring). With the fewest slots (prefetch 1), batches spanning two blocks,
+    and every batch kept by the caller, 30 batches must still equal the in-process ones and the
+    DataLoader's own transport: no slot is reused while still needed."""
     serial = take(make_loader(), 30)
-    parallel = take(make_loader(num_workers=2, cache=cache, prefetch_factor=1), 30)
-    assert same(serial, parallel)
+    ring = take(make_loader(num_workers=2, worker_transport="ring", prefetch_factor=1), 30)
+    plain = take(make_loader(num_workers=2, worker_transport="torch", prefetch_factor=1), 30)
+    assert same(serial, ring) and same(serial, plain)
 
 
-def test_resume_with_workers_and_cache_is_exact():
+def test_spawned_workers_give_the_same_batches():
+    """Platforms without fork (macOS, Windows) spawn workers: the ring and the stream must pickle."""
+    serial = take(make_loader(), 3)
+    assert same(serial, take(make_loader(num_workers=1, worker_transport="ring", multiprocessing_context="spawn"), 3))
+
+
+def test_unknown_worker_transport_is_refused():
+    with pytest.raises(SamplingError, match="worker_transport"):
+        make_loader(worker_transport="pipe")
+
+
+def test_resume_with_workers_is_exact():
     reference = take(make_loader(), 7)
-    loader = make_loader(num_workers=2, cache=True)
+    loader = make_loader(num_workers=2)
     loader.load_state_dict({"seed": 5, "next_batch": 3, "fingerprint": loader.stream.fingerprint()})
     assert same(take(loader, 4), reference[3:])
 
@@ -148,8 +160,8 @@ def test_load_errors_name_the_item():
     loader = PatchLoader(["case_9"], broken, UniformSampler(4))
     with pytest.raises(InputDataError, match="case_9.*label shape"):
         take(loader, 1)
-    for cache in (False, True):
-        in_worker = PatchLoader(["case_9"], broken_load, UniformSampler(4), num_workers=1, cache=cache)
+    for transport in ("torch", "ring"):
+        in_worker = PatchLoader(["case_9"], broken_load, UniformSampler(4), num_workers=1, worker_transport=transport)
         with pytest.raises(InputDataError, match="case_9.*label shape"):
             take(in_worker, 1)
     with pytest.raises(SamplingError, match="no volumes"):
@@ -169,7 +181,7 @@ def test_weight_map_from_load_steers_the_weighted_sampler():
     assert ((centres >= [10, 11, 9]) & (centres < [12, 13, 11])).all()
 
 
-def test_cache_keeps_volumes_and_does_not_change_the_stream():
+def test_volumes_are_loaded_once():
     loads = []
 
     def counting_load(index):
@@ -177,10 +189,8 @@ def test_cache_keeps_volumes_and_does_not_change_the_stream():
         return VOLUMES[index]
 
     settings = dict(batch_size=3, patches_per_volume=4, volumes_per_block=2, seed=5, augmentation=None)
-    cached = PatchLoader(list(range(5)), counting_load, BalancedSampler(12), cache=True, **settings)
-    plain = PatchLoader(list(range(5)), load, BalancedSampler(12), **settings)
-    assert same(take(cached, 14), take(plain, 14))  # 42 patches: two epochs of 20
-    assert sorted(loads) == list(range(5))  # each volume loaded once
+    take(PatchLoader(list(range(5)), counting_load, BalancedSampler(12), **settings), 14)  # 42 patches: 2 epochs
+    assert sorted(loads) == list(range(5))
 
 
 def test_resume_with_another_seed_after_iterating_uses_that_seed():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from vol_transfer.io.case import load_case
 from vol_transfer.io.manifest import read_manifest
 from vol_transfer.preprocessing.labels import remap_labels
 from vol_transfer.preprocessing.pipeline import Preprocessor
@@ -55,8 +56,12 @@ def hippocampus_manifest(dataset, tmp_path_factory):
 
 def test_hippocampus_crops_smaller_than_the_window_are_padded_and_marked(hippocampus_manifest):
     preprocessor = Preprocessor.from_spec({"intensity": [{"kind": "zscore", "mask": "nonzero"}]})
-    loader = PatchLoader.from_manifest(
-        hippocampus_manifest, "train", BalancedSampler(48), preprocessor=preprocessor,
+    cases = {}
+    for subject in hippocampus_manifest.subjects("train"):
+        image, label, _ = preprocessor.apply_with_label(*load_case(subject))
+        cases[subject.subject_id] = (image.array, label.array)
+    loader = PatchLoader(
+        list(cases), cases.__getitem__, BalancedSampler(48),
         batch_size=2, patches_per_volume=2, volumes_per_block=3, augmentation=Augmentation.study(), seed=1,
         num_batches=3,
     )

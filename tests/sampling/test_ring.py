@@ -1,4 +1,4 @@
-"""BatchRing: slots are reused only after release, copies are private, close frees waiting workers."""
+"""BatchRing: slots are reused only after a take, copies are private, close frees waiting workers."""
 
 from __future__ import annotations
 
@@ -26,15 +26,6 @@ def test_take_copies_and_frees_the_slot():
     assert third["ring_slot"] == first["ring_slot"]
     assert batch["image"].eq(1).all() and batch["label"].eq(1).all()  # the copy kept its values
     assert ring.take(second)["image"].eq(2).all() and ring.take(third)["image"].eq(3).all()
-
-
-def test_open_reads_in_place_until_release():
-    ring = BatchRing(num_workers=1, slots=1)
-    visit = ring.open(fill(ring, 7))
-    assert visit["image"].eq(7).all() and visit.pop("ring_worker") == 0
-    ring.release(0)
-    fill(ring, 8)
-    assert visit["image"].eq(8).all()  # a view of the slot: it may change once released
 
 
 def test_a_full_ring_waits_and_close_releases_the_worker():

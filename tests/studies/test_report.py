@@ -48,3 +48,38 @@ def test_write_report_writes_markdown_csv_and_plots(tmp_path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert {(r["arm"], r["split"]) for r in rows} == {("scratch", "train"), ("scratch", "test"), ("model_1", "train"), ("model_1", "test")}
     assert rows[0]["iterations_to_threshold"] == "300"
+
+
+def test_nan_subjects_are_left_out_of_means_counts_and_spread(tmp_path) -> None:
+    arm = ArmResult("scratch", dice={"test": [0.4, math.nan, 0.6]}, best_iteration=1)
+    assert arm.mean_dice("test") == 0.5
+    write_report([arm], tmp_path, title="t", kind="freeze_ablation")
+    with open(tmp_path / "results.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert (row["mean_dice"], row["n_subjects"], row["sd_dice"]) == ("0.500000", "2", "0.100000")
+    assert "0.5000" in ablation_table([arm], ["test"])
+
+
+def test_study_evaluation_reads_channels_by_alias_and_scores_nothing_as_nan(tmp_path) -> None:
+    """evaluate_checkpoint: the checkpoint's [flair, t1c] from columns (t1ce, flair); an empty case is NaN."""
+    import nibabel as nib
+    import numpy as np
+
+    from tests.inference.pointwise import difference_checkpoint
+    from vol_transfer.studies.evaluate import evaluate_checkpoint
+
+    checkpoint = difference_checkpoint(tmp_path / "tc.pt", ["flair", "t1c"])
+    flair = np.zeros((6, 6, 6), np.float32)
+    flair[1:4, 1:4, 1:4] = 10.0  # brighter than t1c exactly on the core
+    label = (flair > 0).astype(np.uint8)
+    label[1, 1, 1] = 0  # one voxel off: Dice 2·26 / 53
+    files = {"flair_a": flair, "t1c": np.zeros_like(flair), "flair_b": np.zeros_like(flair),
+             "label_a": label, "label_b": np.zeros_like(label)}
+    for name, array in files.items():
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("# labels: 0,1\nsubject_id,split,t1ce,flair,label\n"
+                        "a,test,t1c.nii.gz,flair_a.nii.gz,label_a.nii.gz\nb,test,t1c.nii.gz,flair_b.nii.gz,label_b.nii.gz\n")
+    scores = evaluate_checkpoint(checkpoint, manifest, tmp_path, ["test"])["test"]
+    assert scores[0] == 2 * 26 / 53 and math.isnan(scores[1])
+    assert ArmResult("model_1", dice={"test": scores}).mean_dice("test") == 2 * 26 / 53

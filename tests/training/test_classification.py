@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ from vol_transfer.training.classification import (
     OptimConfig,
     make_optimizer,
     run_classification,
-    set_trainable,
 )
 from vol_transfer.training.image_data import ImageDataConfig, epoch_indices, load_image_set, stratified_subset
 from vol_transfer.training.pretext import PretextConfig
 from vol_transfer.transfer.checkpoint import load_checkpoint
+from vol_transfer.transfer.freezing import FreezingSchedule
 
 from .kermany_fixture import KERMANY, write_tiny_manifest
 
@@ -66,9 +65,10 @@ def test_discriminative_learning_rates_and_head_only_warmup():
     assert lrs["head"] == pytest.approx(1e-3)
     assert lrs["block5"] == pytest.approx(5e-4)
     assert lrs["block1"] == pytest.approx(1e-3 * 0.5**5)
-    set_trainable(model, head_only=True)
+    warmup = FreezingSchedule.warmup(3, model)  # what warmup_epochs builds: head only, then everything
+    warmup.apply(model, 2)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
-    set_trainable(model, head_only=False)
+    assert warmup.apply(model, 3)
     assert all(p.requires_grad for p in model.parameters())
 
 
@@ -77,7 +77,7 @@ def test_discriminative_learning_rates_and_head_only_warmup():
 def test_shipped_recipes_validate(name, size):
     task, config = resolve_recipe(RECIPES / f"pneumonia_{name}{size}.yaml")
     assert task == "classification" and isinstance(config, ClassificationConfig)
-    assert config.network["name"] == "cbr_large_t"
+    assert config.network.name == "cbr_large_t"
     assert (config.pretrain is None) == (name == "scratch")
     if config.pretrain is not None:
         assert config.pretrain.method == name
@@ -113,14 +113,18 @@ def test_pretrained_classification_run_on_real_xrays(dataset, tmp_path):
     assert result["validation"]["count"] == 8 and result["train_images"] == 8
     assert sum(map(sum, result["validation"]["confusion_matrix"])) == 8
     assert 0 <= result["validation"]["auc"] <= 1
-    for name in ("best.pt", "metrics.json", "predictions.csv", "roc.png", "confusion_matrix.png",
-                 "pretrain/pretext.pt"):
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv", "predictions.csv", "roc.png",
+                 "confusion_matrix.png", "pretrain/checkpoints/best.pt", "pretrain/summary.json"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    checkpoint = load_checkpoint(run / "best.pt")
+    checkpoint = load_checkpoint(run / "checkpoints" / "best.pt")
     assert checkpoint.metadata["classes"] == ["NORMAL", "PNEUMONIA"]
-    assert checkpoint.metadata["architecture"] == {"name": "cbr_large_t", "in_channels": 1, "num_classes": 2}
-    assert json.loads((run / "metrics.json").read_text())["best_epoch"] in (1, 2)
+    assert checkpoint.metadata["architecture"] == {"name": "cbr_large_t", "in_channels": 1, "num_classes": 2,
+                                                   "widths": [32, 64, 128, 256, 512]}
+    assert result["best_epoch"] in (1, 2) and result["selection"]["metric"] == "val/auc"
+    assert result["selection"]["iteration"] == result["best_epoch"] * result["iterations_per_epoch"]
+    # the head-only warm-up epoch and its end are both recorded
+    assert [entry["frozen_groups"] == [] for entry in result["trainable"]] == [False, True]
     assert len((run / "predictions.csv").read_text().splitlines()) == 9
 
 

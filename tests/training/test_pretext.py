@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -68,10 +70,12 @@ def test_pretext_run_on_real_xrays_learns_and_writes_a_loadable_checkpoint(metho
         genesis=GenesisOptions(shuffle_blocks=20, shuffle_block_size=4),
         epochs=4, batch_size=4, lr=3e-3,
     )
-    result = run_pretext(config, tmp_path / "run")
-    history = [h["loss"] for h in result["history"]]
-    assert result["images"] == 8
-    assert history[-1] < history[0]
+    result = run_pretext(config, tmp_path / "run", progress=False)
+    with (tmp_path / "run" / "metrics.csv").open() as handle:
+        mse = [float(row["val_mse"]) for row in csv.DictReader(handle) if row.get("val_mse")]
+    assert result["images"] == 8 and len(mse) == 4  # one validation per epoch
+    assert mse[-1] < mse[0]
+    assert result["selection"]["metric"] == "val/mse" and result["selection"]["value"] == pytest.approx(min(mse), rel=1e-5)
     checkpoint = load_checkpoint(result["checkpoint"])
     assert checkpoint.metadata["architecture"]["name"] == "cbr_autoencoder"
     rebuilt = build_network(checkpoint.metadata["architecture"])

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,11 @@ import yaml
 
 from tests.training.test_segmentation import make_dataset, tiny_recipe
 from vol_transfer.errors import CheckpointError
+from vol_transfer.training.engine import KILL_AFTER_CHECKPOINT_ENV
 from vol_transfer.transfer.checkpoint import load_checkpoint
 
 ITERATIONS = 40
-TIMING_COLUMNS = ("perf_patches_per_s", "perf_step_time_s", "perf_data_wait_s")
+TIMING_COLUMNS = ("perf_samples_per_s", "perf_step_time_s", "perf_data_wait_s")
 
 
 def _env() -> dict[str, str]:
@@ -30,9 +30,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train(recipe: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+def _train(recipe: Path, run_dir: Path, *extra: str, kill_after: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "vol_transfer", "train", str(recipe), "--run-dir", str(run_dir), "--no-progress", *extra]
-    return subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = _env()
+    if kill_after is not None:  # the engine SIGKILLs itself right after writing this iteration's checkpoint
+        env[KILL_AFTER_CHECKPOINT_ENV] = str(kill_after)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(process: subprocess.Popen, timeout: float = 600) -> None:
@@ -66,15 +69,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     _finish(_train(recipe, straight))
 
     interrupted = tmp_path / "interrupted"
-    process = _train(recipe, interrupted)
-    last = interrupted / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 600
-    while _checkpoint_iteration(last) < 6 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    killed_at = _checkpoint_iteration(last)
-    assert 6 <= killed_at < ITERATIONS, f"the run was not interrupted mid-way (checkpoint at {killed_at})"
+    process = _train(recipe, interrupted, kill_after=14)  # between validations (every 5), mid-way
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL, f"exit {process.returncode}\n{out}\n{err}"
+    assert _checkpoint_iteration(interrupted / "checkpoints" / "last.pt") == 14
 
     _finish(_train(recipe, interrupted, "--resume"))
 

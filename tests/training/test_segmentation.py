@@ -12,7 +12,7 @@ import torch
 
 from vol_transfer.errors import RecipeError
 from vol_transfer.recipes import from_dict, resolve_recipe
-from vol_transfer.training.segmentation import SegmentationConfig, dice_per_class, run_segmentation
+from vol_transfer.training.segmentation import SegmentationConfig, run_segmentation
 from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -51,13 +51,6 @@ def tiny_recipe(manifest: Path, iterations: int = 6, **sections) -> dict:
     for key, value in sections.items():
         recipe.setdefault(key, {}).update(value)
     return recipe
-
-
-def test_dice_per_class():
-    label = np.array([0, 1, 1, 2, 2, 2])
-    prediction = np.array([0, 1, 0, 2, 2, 0])
-    assert dice_per_class(prediction, label, 3) == pytest.approx([2 / 3, 0.8])
-    assert np.isnan(dice_per_class(np.zeros(3, int), np.zeros(3, int), 2)[0])
 
 
 @pytest.mark.parametrize(
@@ -104,9 +97,10 @@ def test_short_run_writes_everything_inference_needs(tmp_path):
 
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     meta = best.metadata
-    assert meta["architecture"] == {"name": "highres3dnet", "in_channels": 1, "num_classes": 3, "width": 0.25}
+    assert meta["architecture"] == {"name": "highres3dnet", "in_channels": 1, "num_classes": 3, "activation": "relu",
+                                    "width": 0.25, "dropout": 0.0}
     assert meta["channels"] == ["image"] and meta["classes"] == ["background", "anterior", "posterior"]
-    assert meta["preprocessing"]["intensity"] == [{"kind": "zscore", "mask": "nonzero"}]
+    assert meta["preprocessing"]["intensity"] == [{"kind": "zscore", "mask": "nonzero", "threshold": 0.0, "channels": None}]
     assert meta["label_mapping"] == {"1": 1, "2": 2}
     assert meta["recipe"]["training"]["iterations"] == 6
     model = build_from_checkpoint(best)
@@ -118,7 +112,7 @@ def test_short_run_writes_everything_inference_needs(tmp_path):
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["iteration"]) for r in rows] == [2, 3, 4, 6]
-    for column in ("train_loss", "train_lr", "perf_patches_per_s", "perf_step_time_s", "perf_data_wait_s",
+    for column in ("train_loss", "train_lr", "perf_samples_per_s", "perf_step_time_s", "perf_data_wait_s",
                    "val_loss", "val_dice_mean", "val_dice_anterior", "val_dice_posterior"):
         assert column in rows[0]
     assert rows[1]["val_dice_anterior"] != "" and rows[0]["val_dice_anterior"] == ""

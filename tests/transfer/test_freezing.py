@@ -185,3 +185,38 @@ def test_rebuilding_the_optimizer_keeps_state_of_groups_that_stay_trainable(shar
     assert [g["name"] for g in rebuilt.param_groups] == GROUPS[1:]
     _train(net, rebuilt, batch, steps=1)
     assert int(rebuilt.state[kept]["step"]) == steps + 1 and int(rebuilt.state[newly_trainable]["step"]) == 1
+
+
+def test_typed_specs_and_mappings_build_the_same_schedule():
+    from vol_transfer.transfer.freezing_spec import FreezeFirst, FreezingPhases, GradualFreezing, WarmupFreezing
+
+    for typed, mapping in [
+        (FreezeFirst(k=2, bn_policy="freeze"), {"kind": "freeze_first", "k": 2, "bn_policy": "freeze"}),
+        (WarmupFreezing(iterations=5, head=["conv_1", "conv_2"]), {"kind": "warmup", "iterations": 5,
+                                                                    "head": ["conv_1", "conv_2"]}),
+        (GradualFreezing(every=3, start_frozen=2), {"kind": "gradual", "every": 3, "start_frozen": 2}),
+        (FreezingPhases(phases={0: ["conv_0"], 9: []}), {"kind": "phases", "phases": [[9, []], [0, ["conv_0"]]]}),
+    ]:
+        assert FreezingSchedule.from_spec(typed, GROUPS) == FreezingSchedule.from_spec(mapping, GROUPS)
+    assert FreezingSchedule.from_spec(FreezeFirst(k=2), GROUPS).phases == [(0, ("conv_0", "res_1"))]
+    assert FreezingSchedule.warmup(5, GROUPS, ["conv_1", "conv_2"]).phases == [(0, tuple(GROUPS[:4])), (5, ())]
+    assert FreezingSchedule.gradual(3, GROUPS, 2).phases == [(0, ("conv_0", "res_1")), (3, ("conv_0",)), (6, ())]
+    assert FreezingSchedule.from_spec(None, GROUPS).phases == [(0, ())]
+
+
+@pytest.mark.parametrize(
+    "spec, key, words",
+    [
+        ({"kind": "freez_first", "k": 1}, "freezing.kind", "did you mean 'freeze_first'"),
+        ({"kind": "phases", "phases": {0: ["conv0"]}}, "freezing.phases.0", "did you mean 'conv_0'"),
+        ({"kind": "phases", "phases": [[0, ["conv_0"]], [0, []]]}, "freezing.phases", "same iteration"),
+        ({"kind": "warmup", "iterations": 5, "head": ["head"]}, "freezing.head", "unknown layer group 'head'"),
+        ({"kind": "gradual", "every": 5, "start_frozen": 9}, "freezing.start_frozen", "6 layer groups"),
+        ({"kind": "gradual", "every": 0}, "freezing.every", "out of range"),
+        ({"k": 1}, "freezing.kind", "required key is missing"),
+    ],
+)
+def test_spec_errors_name_the_key_with_the_closest_name(spec, key, words):
+    with pytest.raises(RecipeError) as info:
+        FreezingSchedule.from_spec(spec, _net())
+    assert info.value.where == key and words in info.value.message and "\n" not in info.value.message

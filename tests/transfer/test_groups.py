@@ -6,8 +6,8 @@ from torch import nn
 
 from vol_transfer.errors import RecipeError
 from vol_transfer.nets import build_network
+from vol_transfer.nets.highres3dnet import HIGHRES3DNET_GROUPS
 from vol_transfer.transfer.groups import (
-    HIGHRES3DNET_GROUPS,
     group_modules,
     group_parameters,
     head_group,

@@ -17,7 +17,9 @@ OUTPUTS = ("metrics_per_subject.csv", "summary.csv", "summary.md", "dice_boxplot
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="Dice, HD95, ASD, volumes, sensitivity, precision per subject and class; report + plots",
-        description="Reads <pred>/<subject_id>_seg.nii.gz for each labelled subject of the manifest (split).",
+        description="Reads <pred>/<subject_id>_seg.nii.gz for each labelled subject of the manifest (split). "
+                    "Dice is NaN where a class is absent from both prediction and truth, and left out of the "
+                    "means (nnU-Net's convention; the training validator and study reports use the same).",
     )
     parser.add_argument("--pred", required=True, help="folder of predictions (<subject_id>_seg.nii.gz)")
     parser.add_argument("--manifest", required=True, help="manifest CSV with a label column")
@@ -61,7 +63,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from vol_transfer.errors import InputDataError, RecipeError
     from vol_transfer.evaluation import plots, report
     from vol_transfer.io.atomic import refuse_to_overwrite
-    from vol_transfer.io.manifest import load_channel, read_manifest
+    from vol_transfer.io.case import label_array, read_channel
+    from vol_transfer.io.manifest import read_manifest
     from vol_transfer.io.volumes import load_volume
 
     manifest = read_manifest(args.manifest, args.data_root)
@@ -112,9 +115,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     predicted_values = (prediction_classes or classes)[first_class]
     by_id = {s.subject_id: s for s in subjects}
     for pair in pairs[: max(0, args.overlays)]:
-        image = load_channel(next(iter(by_id[pair.subject_id].channels.values()))).array[0]
-        truth = np.isin(load_volume(pair.truth).array[0], truth_values)
-        prediction = np.isin(load_volume(pair.prediction).array[0], predicted_values)
+        image = read_channel(next(iter(by_id[pair.subject_id].channels.values()))).array[0]
+        truth = np.isin(label_array(load_volume(pair.truth), pair.truth), truth_values)
+        prediction = np.isin(label_array(load_volume(pair.prediction), pair.prediction), predicted_values)
         plots.overlay_slice(image, truth, prediction, out / "overlays" / f"{pair.subject_id}.png",
                             title=f"{pair.subject_id} {first_class}")
     for line in report.summary_markdown([s for s in summary if s["metric"] == "dice"], "Dice").splitlines()[2:6]:

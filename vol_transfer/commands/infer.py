@@ -4,6 +4,10 @@ Examples:
     vol-transfer infer --checkpoint tc.pt ../shared/data/brats2015_flair_t1c/test --out pred/
     vol-transfer infer --checkpoint hippo.pt data_manifests/msd_hippocampus.csv --split test --out pred/ --tta
     vol-transfer infer --checkpoint hippo.pt ../shared/data/mr_dicom_brain_tumor_progression/hippocrop/Study1_13_HCropVolume --out pred/
+    vol-transfer infer --checkpoint tc.pt imagesTs/ --channels flair=*_0000.nii.gz,t1c=*_0001.nii.gz --out pred/
+
+Channels are picked by the checkpoint's channel names, in its order, whatever the column or file
+order of the input (aliases: t2f = flair, t1n = t1, t1ce/t1gd = t1c, t2w = t2).
 """
 
 from __future__ import annotations
@@ -11,12 +15,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vol_transfer.io.case_inputs import CHANNELS_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "infer", help="segment volumes with a checkpoint; outputs in each input's original geometry",
-        description="Write <case>_seg.nii.gz (uint8) and optionally <case>_prob.nii.gz for every input case, "
-                    "on the input's own grid, plus inference_timings.csv.",
+        description="Write <case>_seg.nii.gz (uint8) and optionally <case>_prob.nii.gz for every input case,\n"
+                    "on the input's own grid, plus inference_timings.csv. The checkpoint's channels are picked\n"
+                    "from each case by name (manifest columns, file names, --channels), in the checkpoint's\n"
+                    "order; known aliases match (t2f = flair, t1n = t1, t1ce/t1gd = t1c, t2w = t2).",
+        epilog="examples:\n"
+               "  vol-transfer infer --checkpoint tc.pt data_manifests/brats2015_flair_t1c.csv --split test --out pred/\n"
+               "  vol-transfer infer --checkpoint tc.pt imagesTs/ --channels flair=*_0000.nii.gz,t1c=*_0001.nii.gz "
+               "--out pred/\n"
+               "  vol-transfer infer --checkpoint brats4.pt BRATS_001.nii.gz --channels flair,t1,t1c,t2 --out pred/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image file, folder of images/case folders, manifest .csv, or DICOM series folder")
@@ -24,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", default=None, help="with a manifest input: only this split (e.g. test)")
     parser.add_argument("--data-root", default=None, help="folder manifest paths are relative to")
+    parser.add_argument("--channels", default=None, metavar="SPEC", help=CHANNELS_HELP.replace("%", "%%"))
     parser.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "window"),
                         help="auto (default): whole volume if it fits --memory-budget, else exact tiles, else windows")
     parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
@@ -50,7 +65,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
     from vol_transfer.errors import RecipeError
     from vol_transfer.inference.predict import InferenceOptions
-    from vol_transfer.inference.predictor import TIMINGS_FILE, Predictor, discover_cases
+    from vol_transfer.inference.predictor import TIMINGS_FILE, Predictor
+    from vol_transfer.io.case_inputs import discover_cases, parse_channel_names
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,8 +78,9 @@ def run_infer(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise RecipeError("infer options", str(error), "see vol-transfer infer --help") from None
+    names = parse_channel_names(args.channels)  # a malformed --channels fails before the checkpoint loads
     predictor = Predictor.from_checkpoint(args.checkpoint, options, map_labels=args.map_labels)
-    cases = discover_cases(args.inputs, predictor.channels, split=args.split, data_root=args.data_root)
+    cases = discover_cases(args.inputs, predictor.channels, split=args.split, data_root=args.data_root, names=names)
     if not cases:
         raise RecipeError("INPUT", "no cases found", "check the inputs (and --split for a manifest)")
     say = (lambda text: print(text, file=sys.stderr))

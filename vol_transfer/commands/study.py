@@ -33,7 +33,7 @@ def _study(args: argparse.Namespace) -> int:
     from vol_transfer.studies import plan  # noqa: F401  (registers the "study" task)
     from vol_transfer.studies.runner import run_study
 
-    _, config = resolve_recipe(args.recipe, args.overrides)
+    _, config = resolve_recipe(args.recipe, args.overrides, command="study")
     folder = args.out or Path("runs") / args.recipe.name.split(".")[0]
     run_study(config, folder, args.data_root, commands_only=args.commands, report_only=args.report_only)
     return 0

@@ -90,7 +90,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, resolved: dict
 
 
 def _train(args: argparse.Namespace) -> int:
-    task_name, config = resolve_recipe(args.recipe, args.overrides)
+    task_name, config = resolve_recipe(args.recipe, args.overrides, command="train")
     task = get_task(task_name)
     run_dir = args.run_dir or Path("runs") / Path(args.recipe).name.split(".")[0]
     resolved = {"task": task_name, **config_to_dict(config)}
@@ -117,14 +117,17 @@ def _accepted(function: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    classes = summary.get("classes") or []
-    dice = summary.get("last_val_dice") or []
+    """What the run reached, which metric chose ``best.pt`` and at which step, and where it is."""
     print(f"run folder: {run_dir}")
     print(f"iterations: {summary.get('iterations')}  wall time: {summary.get('wall_s', 0):.0f} s"
           + ("  (stopped early)" if summary.get("stopped_early") else ""))
-    for name, value in zip(classes[1:], dice):
-        print(f"  validation Dice {name:>14s}: {value:.4f}")
-    best = summary.get("best_val_dice")
-    if best is not None:
-        print(f"best mean validation Dice {best:.4f} at iteration {summary.get('best_iteration')} "
+    last = summary.get("last_validation") or {}
+    for key, value in last.items():
+        if isinstance(value, (int, float)):
+            print(f"  last validation {key.removeprefix('val/'):>18s}: {value:.4f}")
+    selection = summary.get("selection") or {}
+    if selection:
+        where = (f"at iteration {selection['iteration']}" if selection.get("iteration") is not None
+                 else "NaN at every validation: the final weights")
+        print(f"best checkpoint by {selection['metric']} ({selection['mode']}) = {selection['value']:.4f} {where} "
               f"→ {run_dir / 'checkpoints' / 'best.pt'}")

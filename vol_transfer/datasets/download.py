@@ -4,9 +4,10 @@ A partial download is kept as ``<file>.part`` and continued with an HTTP ``Range
 finished file is verified against its MD5 before it is renamed into place, so a corrupt or
 truncated archive is never mistaken for a good one.
 
-Example:
-    >>> path = download_file(url, dest_dir, md5="9d24...")   # doctest: +SKIP
-    >>> extract_archive(path, dest_dir)                      # doctest: +SKIP
+Example (needs the network, so not run here)::
+
+    path = download_file(url, dest_dir, md5="9d24...")   # resumes a partial <file>.part
+    extract_archive(path, dest_dir)
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@
 Every stage is an ordinary recipe run, so its folder holds ``recipe.yaml``, checkpoints,
 ``metrics.csv`` and TensorBoard logs.
 
-Example:
-    >>> run_demo(Path("runs/demo"), iterations=200)   # doctest: +SKIP
+Example (a few minutes of CPU training, so not run here; ``vol-transfer demo`` does the same)::
+
+    run_demo(Path("runs/demo"), DemoSizes(pretrain_iterations=200, finetune_iterations=200))
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def _train(recipe: dict, run_dir: Path, say: Callable[[str], None]) -> dict:
 def run_demo(out: Path, sizes: DemoSizes | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out``; return the per-arm test Dice and the run folders."""
     from vol_transfer.inference.predict import InferenceOptions
-    from vol_transfer.inference.predictor import Predictor, discover_cases
+    from vol_transfer.inference.predictor import Predictor
+    from vol_transfer.io.case_inputs import discover_cases
     from vol_transfer.studies.evaluate import evaluate_checkpoint
 
     sizes = sizes or DemoSizes()

@@ -14,13 +14,20 @@ Empty masks, explicitly:
 ================  =====  ==========  ==========  ===========  =========
 case              Dice   HD95, ASD   volume Δ    sensitivity  precision
 ================  =====  ==========  ==========  ===========  =========
-both empty        1      0           0           nan          nan
+both empty        nan    nan         0           nan          nan
 truth empty only  0      inf         pred volume nan          0
 pred empty only   0      inf         −truth vol  0            nan
 ================  =====  ==========  ==========  ===========  =========
 
-``inf`` says "no surface to measure to"; summaries (:mod:`vol_transfer.evaluation.report`)
-count such values and leave them out of means.
+Dice follows nnU-Net (``nnunetv2.evaluation.evaluate_predictions``: NaN when ``tp + fp + fn`` is
+0, and ``nanmean`` over cases): a class absent from both prediction and truth says nothing and is
+left out of means; a false positive on an empty truth counts as 0. (MONAI's ``DiceMetric`` with
+its default ``ignore_empty=True`` also returns NaN for that false positive — every empty truth is
+NaN there; with ``ignore_empty=False`` both-empty is 1.) HD95/ASD of two empty masks are NaN as
+in MONAI. ``inf`` says "no surface to measure to". Every Dice of the toolkit — the training
+validator (:func:`dice_per_class`), ``vol-transfer evaluate`` and the study reports — is
+:func:`dice`, averaged with :func:`mean_dice`; summaries (:mod:`vol_transfer.evaluation.report`)
+count non-finite values and leave them out of means.
 
 Example:
     >>> import numpy as np
@@ -28,6 +35,8 @@ Example:
     >>> pred = np.zeros_like(truth); pred[2:6, 2:6, 3:7] = True
     >>> round(binary_metrics(pred, truth, (1, 1, 1))["dice"], 3)
     0.75
+    >>> dice(np.zeros(3, bool), np.zeros(3, bool)), mean_dice([0.5, float("nan"), 0.7])
+    (nan, 0.6)
 """
 
 from __future__ import annotations
@@ -69,6 +78,32 @@ def surface_distances(
     return to_truth[pred_surface], to_pred[truth_surface]
 
 
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks: ``2|P∩T| / (|P| + |T|)``, NaN when both are empty."""
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(truth))
+    return math.nan if total == 0 else 2.0 * int(np.count_nonzero(pred & truth)) / total
+
+
+def dice_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
+    """:func:`dice` of each foreground class ``1 … num_classes - 1`` of two label maps (NaN when absent from both)."""
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+    return [dice(prediction == k, truth == k) for k in range(1, num_classes)]
+
+
+def mean_dice(values: Sequence[float]) -> float:
+    """Mean of the Dice values that are not NaN (nnU-Net's ``nanmean``); NaN when none is.
+
+    The one mean rule: over classes for a case's score, over cases for a split's score — so a case
+    whose classes are all NaN (nothing in prediction or truth) is left out of a split's mean.
+    """
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
 def binary_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
     """Every metric of :data:`METRICS` for one pair of boolean masks on the same grid."""
     pred = np.asarray(pred, dtype=bool)
@@ -86,14 +121,14 @@ def binary_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
         "sensitivity": true_positive / n_truth if n_truth else math.nan,
         "precision": true_positive / n_pred if n_pred else math.nan,
     }
+    result["dice"] = dice(pred, truth)
     if n_pred == 0 and n_truth == 0:
-        result.update(dice=1.0, hd95=0.0, asd=0.0)
+        result.update(hd95=math.nan, asd=math.nan)
     elif n_pred == 0 or n_truth == 0:
-        result.update(dice=0.0, hd95=math.inf, asd=math.inf)
+        result.update(hd95=math.inf, asd=math.inf)
     else:
         to_truth, to_pred = surface_distances(pred, truth, spacing)
         result.update(
-            dice=2.0 * true_positive / (n_pred + n_truth),
             hd95=float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95))),
             asd=float(np.concatenate([to_truth, to_pred]).mean()),
         )

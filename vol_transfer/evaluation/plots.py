@@ -1,8 +1,9 @@
 """PNG figures for evaluation: Dice box plots and overlay slices (matplotlib, Agg backend).
 
-Example:
-    >>> dice_boxplot(rows, "report/dice.png")                                  # doctest: +SKIP
-    >>> overlay_slice(image, truth, prediction, "report/pat0001.png", title="pat0001")  # doctest: +SKIP
+Example (``rows`` from :func:`vol_transfer.evaluation.report.evaluate_pairs`)::
+
+    dice_boxplot(rows, "report/dice.png")
+    overlay_slice(image, truth, prediction, "report/pat0001.png", title="pat0001")
 """
 
 from __future__ import annotations

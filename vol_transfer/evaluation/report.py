@@ -3,10 +3,15 @@
 The studies call :func:`evaluate_pairs` then :func:`summarise`; ``vol-transfer evaluate`` adds
 the files and plots.
 
-Example:
-    >>> pairs = [Pair("pat0001", "test", "pred/pat0001_seg.nii.gz", "labels/pat0001.nii.gz")]  # doctest: +SKIP
-    >>> rows = evaluate_pairs(pairs, {"tumour_core": [1, 3, 4]})                               # doctest: +SKIP
-    >>> print(summary_markdown(summarise(rows)))                                                # doctest: +SKIP
+Dice is :func:`vol_transfer.evaluation.metrics.dice` (NaN when a class is absent from both
+prediction and truth) and every mean leaves NaN out (:func:`summarise`), as in the training
+validator and the study reports.
+
+Example::
+
+    pairs = [Pair("pat0001", "test", "pred/pat0001_seg.nii.gz", "labels/pat0001.nii.gz")]
+    rows = evaluate_pairs(pairs, {"tumour_core": [1, 3, 4]})
+    print(summary_markdown(summarise(rows)))
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vol_transfer.errors import InputDataError, PathLike
+from vol_transfer.errors import PathLike
 from vol_transfer.evaluation.metrics import METRICS, SUMMARY_METRICS, binary_metrics
 from vol_transfer.io.atomic import atomic_write_text
+from vol_transfer.io.case import label_array
 from vol_transfer.io.volumes import Volume, check_same_grid, load_volume
 
 SPLIT_ORDER = ("train", "validation", "test", "unlabelled")
@@ -55,19 +61,6 @@ def _as_volume(item: Any, spacing: Sequence[float] | None, what: str, subject: s
     if spacing is None:
         raise ValueError(f"{subject}: {what} given as an array needs Pair.spacing")
     return Volume(array[np.newaxis] if array.ndim == 3 else array, np.diag([*map(float, spacing), 1.0]))
-
-
-def _labels(volume: Volume, where: str) -> np.ndarray:
-    array = np.asarray(volume.array)
-    if array.shape[0] != 1:
-        raise InputDataError(where, f"has {array.shape[0]} channels; a label map has one", "pass the *_seg file, not probabilities")
-    array = array[0]
-    if not np.issubdtype(array.dtype, np.integer):
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise InputDataError(where, "holds non-integer values", "pass a label map")
-        array = rounded.astype(np.int32)
-    return array
 
 
 def evaluate_case(
@@ -110,7 +103,7 @@ def evaluate_pairs(
         prediction = _as_volume(pair.prediction, pair.spacing or truth.spacing, "prediction", pair.subject_id)
         check_same_grid(truth, prediction, "prediction")
         rows.extend(evaluate_case(
-            pair.subject_id, pair.split, _labels(prediction, prediction.name), _labels(truth, truth.name),
+            pair.subject_id, pair.split, label_array(prediction, prediction.name), label_array(truth, truth.name),
             classes, truth.spacing, prediction_classes,
         ))
     return rows
@@ -124,8 +117,10 @@ def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
 def summarise(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:
     """Mean, SD (ddof 1), median and quartiles per split, class and metric.
 
-    Non-finite values (``inf`` distances when one mask is empty, ``nan`` when a rate is
-    undefined) are left out of the statistics and counted in ``n_excluded``.
+    Non-finite values (``nan`` Dice and distances when a class is absent from both masks, ``inf``
+    distances when one mask is empty, ``nan`` when a rate is undefined) are left out of the
+    statistics and counted in ``n_excluded`` — the mean is the nanmean of
+    :func:`vol_transfer.evaluation.metrics.mean_dice`.
     """
     summary = []
     splits = _ordered((r["split"] for r in rows), SPLIT_ORDER)
@@ -177,8 +172,9 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], title: str = "Evaluat
                     lines.append(f"| {split} | {name} | {s['n']} | {_number(s['mean'])} | {_number(s['sd'])} | "
                                  f"{_number(s['median'])} | {_number(s['q1'])}–{_number(s['q3'])} | {s['n_excluded']} |")
         lines.append("")
-    lines.append("Excluded: values that are not finite — HD95/ASD are infinite when exactly one of prediction and "
-                 "truth is empty; sensitivity is undefined for an empty truth, precision for an empty prediction.")
+    lines.append("Excluded: values that are not finite — Dice, HD95 and ASD are undefined when a class is absent from "
+                 "both prediction and truth (nnU-Net's convention); HD95/ASD are infinite when exactly one of them is "
+                 "empty; sensitivity is undefined for an empty truth, precision for an empty prediction.")
     return "\n".join(lines) + "\n"
 
 

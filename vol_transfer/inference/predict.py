@@ -1,9 +1,9 @@
 """Predict one ``(C, X, Y, Z)`` volume with a model: logits, class probabilities or labels.
 
-This is the function to call for validation during training and for ``vol-transfer infer``:
+This is the function to call for validation during training and for ``vol-transfer infer``::
 
-    >>> probabilities = predict_probabilities(model, image)               # doctest: +SKIP
-    >>> labels = predict_labels(model, image, memory_budget_gb=4)          # doctest: +SKIP
+    probabilities = predict_probabilities(model, image)
+    labels = predict_labels(model, image, memory_budget_gb=4)
 
 The strategy is chosen automatically (``mode="auto"``) and logged:
 
@@ -315,10 +315,11 @@ def predict_probabilities(
     """Class probabilities ``(K, X, Y, Z)`` (softmax over the logits), float32 on the CPU.
 
     Example:
-        >>> net = HighRes3DNet(in_channels=1, num_classes=3)             # doctest: +SKIP
-        >>> probabilities = predict_probabilities(net, torch.randn(1, 35, 51, 35))  # doctest: +SKIP
-        >>> probabilities.shape                                           # doctest: +SKIP
-        torch.Size([3, 35, 51, 35])
+        >>> from vol_transfer.nets.highres3dnet import HighRes3DNet
+        >>> net = HighRes3DNet(in_channels=1, num_classes=3).eval()
+        >>> probabilities = predict_probabilities(net, torch.randn(1, 15, 21, 13))
+        >>> probabilities.shape, bool(torch.allclose(probabilities.sum(0), torch.ones(15, 21, 13)))
+        (torch.Size([3, 15, 21, 13]), True)
     """
     return torch.softmax(predict_logits(model, image, options, **overrides), dim=0)
 

@@ -1,17 +1,19 @@
 """Checkpoint + input files → label maps (and probabilities) in each input's original geometry.
 
-For every case: load the channels (NIfTI/MHA files or DICOM series folders), apply the
-checkpoint's stored preprocessing, predict (:mod:`vol_transfer.inference.predict`), undo the
+For every case: load the checkpoint's channels by name, in its order (NIfTI/MHA files, 4-D
+files or DICOM series folders; :func:`vol_transfer.io.case.load_case`), apply the checkpoint's
+stored preprocessing, predict (:mod:`vol_transfer.inference.predict`), undo the
 spatial preprocessing, optionally renumber the classes to the dataset's label values, and write
 ``<case>_seg.nii.gz`` (uint8) and ``<case>_prob.nii.gz`` (float32, classes last) with the
 original image's shape and affine — so ITK-SNAP, 3D Slicer, nibabel and SimpleITK overlay them on
 the input. Outputs are written atomically, an input is never overwritten, and
 ``inference_timings.csv`` records per-case timings.
 
-Example:
-    >>> predictor = Predictor.from_checkpoint("model.pt", InferenceOptions(memory_budget_gb=8))  # doctest: +SKIP
-    >>> cases = discover_cases(["brats2015_flair_t1c/test"], predictor.channels)                  # doctest: +SKIP
-    >>> predictor.run(cases, "predictions/")                                                      # doctest: +SKIP
+Example::
+
+    predictor = Predictor.from_checkpoint("model.pt", InferenceOptions(memory_budget_gb=8))
+    cases = discover_cases(["brats2015_flair_t1c/test"], predictor.channels)   # vol_transfer.io.case_inputs
+    predictor.run(cases, "predictions/")
 """
 
 from __future__ import annotations
@@ -19,137 +21,21 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from vol_transfer.errors import CheckpointError, InputDataError, OutputExistsError, PathLike, RecipeError
+from vol_transfer.errors import CheckpointError, OutputExistsError, PathLike, RecipeError
 from vol_transfer.inference.predict import InferenceOptions, plan_inference, predict_logits
 from vol_transfer.io.atomic import atomic_write_text, refuse_to_overwrite
-from vol_transfer.io.volumes import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, check_same_grid, save_volume
+from vol_transfer.io.case_inputs import CHANNELS_FIX, Case
+from vol_transfer.io.volumes import Volume, save_volume
 
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 TIMINGS_FILE = "inference_timings.csv"
 TIMING_COLUMNS = ("case", "shape", "strategy", "steps", "load_s", "preprocess_s", "predict_s", "write_s", "total_s")
-
-
-@dataclass
-class Case:
-    """One volume to segment: a name for its outputs and one path (file or DICOM folder) per channel."""
-
-    name: str
-    channels: list[Path]
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    for child in sorted(path.iterdir())[:20]:
-        if child.is_file():
-            if child.suffix.lower() == ".dcm":
-                return True
-            with open(child, "rb") as handle:
-                if handle.read(132)[128:] == b"DICM":
-                    return True
-    return False
-
-
-def _case_name(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _match_channels(folder: Path, files: list[Path], channels: Sequence[str]) -> list[Path]:
-    matched = []
-    for channel in channels:
-        hits = [f for f in files if channel.lower() in f.name.lower()]
-        if len(hits) != 1:
-            found = "no file" if not hits else f"{len(hits)} files ({', '.join(h.name for h in hits)})"
-            raise InputDataError(
-                folder, f"{found} named like channel {channel!r} of the checkpoint's channels {list(channels)}",
-                "name one image file per channel after the channel, or list the case in a manifest",
-            )
-        matched.append(hits[0])
-    return matched
-
-
-def _cases_in_folder(folder: Path, channels: Sequence[str]) -> list[Case]:
-    if _is_dicom_folder(folder):
-        return [Case(folder.name, [folder])]
-    files = sorted(p for p in folder.iterdir() if _is_image(p))
-    if files:
-        if len(channels) <= 1:
-            return [Case(_case_name(f), [f]) for f in files]
-        return [Case(folder.name, _match_channels(folder, files, channels))]
-    cases = []
-    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
-        cases.extend(_cases_in_folder(child, channels))
-    return cases
-
-
-def discover_cases(
-    inputs: Sequence[PathLike],
-    channels: Sequence[str],
-    *,
-    split: str | None = None,
-    data_root: PathLike | None = None,
-) -> list[Case]:
-    """Turn CLI inputs into cases.
-
-    Each input is an image file (one case; all channels in it), a manifest ``.csv`` (its subjects,
-    optionally of one ``split``), a DICOM series folder (one single-channel case), or a folder:
-    with one channel, every image file in it is a case; with several, its image files are matched
-    to the checkpoint's channel names (``Flair_…`` ↔ ``flair``) and form one case; a folder of
-    folders is searched one level at a time.
-    """
-    cases: list[Case] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_file() and path.suffix.lower() == ".csv":
-            from vol_transfer.io.manifest import read_manifest
-
-            manifest = read_manifest(path, data_root)
-            cases.extend(Case(s.subject_id, list(s.channels.values())) for s in manifest.subjects(split))
-        elif _is_image(path):
-            cases.append(Case(_case_name(path), [path]))
-        elif path.is_dir():
-            found = _cases_in_folder(path, channels)
-            if not found:
-                raise InputDataError(path, "holds no image files or DICOM series", "pass a folder of .nii.gz/.mha files or a DICOM series")
-            cases.extend(found)
-        elif path.exists():
-            raise InputDataError(path, "is not an image, manifest or folder",
-                                 f"pass a {'/'.join(IMAGE_SUFFIXES)} file, a manifest .csv or a folder")
-        else:
-            raise InputDataError(path, "not found", "check the path")
-    names = [c.name for c in cases]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InputDataError(duplicates[0], f"{len(duplicates)} case name(s) occur twice, so outputs would collide",
-                             "run the duplicates into separate --out folders")
-    return cases
-
-
-def load_case(case: Case) -> Volume:
-    """All channels of a case stacked as float32 on one grid."""
-    from vol_transfer.io.manifest import load_channel
-
-    volumes = [load_channel(p) for p in case.channels]
-    for other in volumes[1:]:
-        check_same_grid(volumes[0], other, "channel")
-    array = np.concatenate([np.asarray(v.array, dtype=np.float32) for v in volumes], axis=0)
-    paths = tuple(p for v in volumes for p in v.paths)
-    return Volume(array, volumes[0].affine, paths, volumes[0].header)
 
 
 def parse_label_map(text: str | None, metadata: Mapping[str, Any], where: str = "--map-labels") -> dict[int, int] | None:
@@ -218,22 +104,26 @@ class Predictor:
         if options is not None and options.device is not None:
             model = model.to(options.device)
         architecture = metadata.get("architecture") or {}
+        inputs = int(architecture.get("in_channels", 1))
         channels = list(metadata.get("channels") or [])
         if not channels:
-            channels = [f"channel_{i}" for i in range(int(architecture.get("in_channels", 1)))]
+            channels = [f"channel_{i}" for i in range(inputs)]
+        elif len(channels) == 1 and inputs > 1:  # trained on a 4-D file before its volumes were named
+            channels = [f"{channels[0]}_{i}" for i in range(inputs)]
+        elif len(channels) != inputs:
+            raise CheckpointError(path, f"its metadata names {len(channels)} channels ({', '.join(channels)}) for a "
+                                        f"network with {inputs} input channels", "store one name per input channel")
         return cls(model=model, channels=channels, preprocessing=metadata.get("preprocessing"),
                    options=options or InferenceOptions(), label_map=parse_label_map(map_labels, metadata),
                    name=str(path), metadata=dict(metadata))
 
-    def check_channels(self, case: Case, volume: Volume) -> None:
-        expected = len(self.channels)
-        if volume.num_channels != expected:
-            raise CheckpointError(
-                case.channels[0] if len(case.channels) == 1 else case.name,
-                f"case {case.name!r} has {volume.num_channels} channel(s) but {self.name} expects {expected} "
-                f"({', '.join(self.channels)})",
-                "pass one image per checkpoint channel (a manifest or a folder with one file per channel)",
-            )
+    def load(self, case: Case) -> Volume:
+        """The case's image with exactly the checkpoint's channels, in its order (picked by name)."""
+        from vol_transfer.io.case import load_case
+
+        where = case.where or (str(case.paths[0]) if len(case.paths) == 1 else case.name)
+        return load_case(replace(case, where=where), self.channels,
+                         fix=f"{self.name} expects channels {', '.join(self.channels)}: {CHANNELS_FIX}")[0]
 
     def output_paths(self, case: Case, out_dir: Path, probabilities: bool) -> list[Path]:
         paths = [out_dir / f"{case.name}_seg.nii.gz"]
@@ -250,12 +140,19 @@ class Predictor:
         return _apply_label_map(labels, self.label_map)
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
-        """Label map (uint8) of an in-memory volume, on the volume's own grid; nothing is written."""
+        """Label map (uint8) of an in-memory volume, on the volume's own grid; nothing is written.
+
+        The volume's channels must be the checkpoint's, in its order (checked by name when it has names).
+        """
+        from vol_transfer.io.case import canonical_channel
         from vol_transfer.preprocessing.pipeline import Preprocessor
 
-        if volume.num_channels != len(self.channels):
-            raise CheckpointError(volume.name, f"has {volume.num_channels} channel(s) but {self.name} expects "
-                                  f"{len(self.channels)} ({', '.join(self.channels)})", "pass one image per channel")
+        named = [canonical_channel(c) for c in volume.channel_names]
+        if volume.num_channels != len(self.channels) or (named and named != [canonical_channel(c) for c in self.channels]):
+            raise CheckpointError(volume.name, f"has {volume.num_channels} channel(s) "
+                                  f"({', '.join(volume.channel_names) or 'unnamed'}) but {self.name} expects "
+                                  f"{len(self.channels)} ({', '.join(self.channels)})",
+                                  "load it with vol_transfer.io.case.load_case(case, predictor.channels)")
         prepared, inverse = Preprocessor.from_spec(self.preprocessing).apply(volume)
         return self._labels(self._logits(prepared, volume.name), inverse)
 
@@ -266,8 +163,7 @@ class Predictor:
 
         out_dir = Path(out_dir)
         start = time.perf_counter()
-        volume = load_case(case)
-        self.check_channels(case, volume)
+        volume = self.load(case)
         loaded = time.perf_counter()
         prepared, inverse = Preprocessor.from_spec(self.preprocessing).apply(volume)
         prepped = time.perf_counter()
@@ -293,11 +189,11 @@ class Predictor:
             overwrite: bool = False, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
         """Segment every case; check all outputs first so a refusal writes nothing."""
         out_dir = Path(out_dir)
-        inputs = [p for case in cases for p in case.channels]
+        inputs = [p for case in cases for p in case.paths]
         for case in cases:
             for target in self.output_paths(case, out_dir, probabilities):
                 refuse_to_overwrite(target, inputs, overwrite=overwrite)
-                for source in case.channels:
+                for source in case.paths:
                     if source.is_dir() and target.resolve().is_relative_to(source.resolve()):
                         raise OutputExistsError(target, "output would be written inside an input DICOM folder",
                                                 "choose an --out folder outside the inputs")

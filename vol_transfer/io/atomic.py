@@ -2,9 +2,15 @@
 
 A reader never sees a half-written file and an interrupted run leaves the old file intact.
 
-Example:
-    >>> with atomic_path("out/seg.nii.gz") as tmp:   # doctest: +SKIP
-    ...     nib.save(image, tmp)
+Example (``nib.save(image, tmp)`` works the same way):
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> target = Path(folder.name) / "out" / "notes.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('done', ['notes.txt'])
+    >>> folder.cleanup()
 """
 
 from __future__ import annotations

@@ -6,15 +6,13 @@ RescaleSlope/Intercept (CT → Hounsfield units) and given the RAS+ affine that
 :mod:`vol_transfer.io.volumes` uses everywhere. Compressed transfer syntaxes (JPEG 2000 lossless,
 JPEG-LS, RLE) are decoded by pydicom's pixel handlers (pylibjpeg / Pillow).
 
-Example:
-    >>> [s.description for s in list_dicom_series("Study3")]          # doctest: +SKIP
-    ['T1post', 'T1pre_reg', 'FLAIR_reg', 'T2_reg']
-    >>> ct = load_dicom_series("example_ct_dicom")                    # doctest: +SKIP
-    >>> ct.spatial_shape, ct.spacing, ct.header["units"]              # doctest: +SKIP
-    ((512, 512, 20), (0.9765625, 0.9765625, 2.0), 'HU')
-    >>> xray = load_dicom_image("test1.dcm")                          # doctest: +SKIP
-    >>> validate_xray_header(xray)                                    # doctest: +SKIP
-    []
+Example (needs DICOM files, so not run here)::
+
+    [s.description for s in list_dicom_series("Study3")]   # ['T1post', 'T1pre_reg', 'FLAIR_reg', 'T2_reg']
+    ct = load_dicom_series("example_ct_dicom")
+    ct.spatial_shape, ct.spacing, ct.header["units"]       # ((512, 512, 20), (0.9765625, 0.9765625, 2.0), 'HU')
+    xray = load_dicom_image("test1.dcm")
+    validate_xray_header(xray)                             # []
 """
 
 from __future__ import annotations
@@ -31,15 +29,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from vol_transfer.errors import DicomError, PathLike
-from vol_transfer.io.volumes import Volume
+from vol_transfer.io.volumes import LPS_TO_RAS, Volume
 
 ORIENTATION_TOLERANCE = 1e-4  # direction cosines written by scanners differ in the last digits
 POSITION_TOLERANCE = 0.01  # mm
 SPACING_RELATIVE_TOLERANCE = 0.01  # a gap may differ from the typical one by 1 % (rounding)
 TILT_TOLERANCE_DEGREES = 0.05
 
-# DICOM patient space is LPS; Volume affines are RAS (nibabel's convention).
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DECODER_FIX = (
     "install pylibjpeg, pylibjpeg-openjpeg and pylibjpeg-libjpeg (or Pillow) so pydicom can decode it, "
     "or decompress it with `gdcmconv --raw`"
@@ -259,7 +255,7 @@ def _affine(iop: np.ndarray, pixel_spacing: Sequence[float], positions: np.ndarr
     else:
         lps[:3, 2] = normal * fallback_spacing
     lps[:3, 3] = positions[0]
-    return _LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ lps  # DICOM patient space is LPS; Volume affines are RAS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,9 +470,9 @@ def validate_xray_header(
     exporter put it there). With ``strict=True`` raises one :class:`DicomError` naming the file
     and every problem instead.
 
-    Example:
-        >>> validate_xray_header("test5.dcm")   # doctest: +SKIP
-        ["Modality is 'CT', expected one of DX, CR"]
+    Example (a CT slice given as an X-ray)::
+
+        validate_xray_header("test5.dcm")   # ["Modality is 'CT', expected one of DX, CR"]
     """
     if isinstance(source, DicomImage):
         ds, where = source.dataset, source.path

@@ -5,10 +5,10 @@ grey or RGB, resized to a square side with antialiasing and kept as ``uint8`` ``
 stacks: 5,216 chest X-rays at 128×128 take 85 MB, small enough to keep in memory for many
 epochs. Scale batches to ``[0, 1]`` with :func:`vol_transfer.preprocessing.intensity.scale_uint8`.
 
-Example:
-    >>> stack = load_image_stack(["a.jpeg", "b.jpeg"], size=128, channels=1)   # doctest: +SKIP
-    >>> stack.shape, stack.dtype                                                 # doctest: +SKIP
-    ((2, 1, 128, 128), dtype('uint8'))
+Example (needs image files, so not run here)::
+
+    stack = load_image_stack(["a.jpeg", "b.jpeg"], size=128, channels=1)
+    stack.shape, stack.dtype   # ((2, 1, 128, 128), dtype('uint8'))
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Layouts:
     ``msd``      Medical Segmentation Decathlon: ``imagesTr/X.nii.gz`` + ``labelsTr/X.nii.gz``
-                 (``imagesTs/`` → split ``unlabelled``); labels declared from ``dataset.json`` if present.
+                 (``imagesTs/`` → split ``unlabelled``); labels declared from ``dataset.json`` if present,
+                 and for a multi-modal task (4-D images, e.g. Task01) its ``modality`` names as the
+                 channel names of the volumes (``# volumes: image=flair,t1,t1c,t2``).
     ``brats``    one folder per case with one file per modality (BRATS 2015 ``Flair*``/``T1c*``/
                  ``OTMultiClass*``; BraTS 2020 ``*_flair``/``*_t1ce``/``*_seg``; BraTS 2023
                  ``*-t2f``/``*-t1c``/``*-t1n``/``*-t2w``/``*-seg``). Channels are named flair, t1, t1c,
@@ -14,10 +16,11 @@ Layouts:
 Splits are drawn per stratum (the class, for ``folders``) over patients, with a seeded RNG, so
 the same seed and files always give the same manifest.
 
-Example:
-    >>> draft = scan_layout("msd", "/data/msd_hippocampus")                   # doctest: +SKIP
-    >>> assign_splits(draft, (0.7, 0.15, 0.15), seed=0)                      # doctest: +SKIP
-    >>> write_manifest(draft, "hippo.csv", data_root="/data")                # doctest: +SKIP
+Example (needs a dataset folder, so not run here)::
+
+    draft = scan_layout("msd", "/data/msd_hippocampus")
+    assign_splits(draft, (0.7, 0.15, 0.15), seed=0)
+    write_manifest(draft, "hippo.csv", data_root="/data")
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import numpy as np
 
 from vol_transfer.errors import InputDataError, ManifestError, PathLike
 from vol_transfer.io.atomic import atomic_write_text, refuse_to_overwrite
-from vol_transfer.io.manifest import SPLITS, as_label_array
+from vol_transfer.io.case import canonical_channel, label_array
+from vol_transfer.io.manifest import SPLITS
 from vol_transfer.io.volumes import NIFTI_SUFFIXES, load_volume
 
 LAYOUTS = ("msd", "brats", "folders")
@@ -81,7 +85,7 @@ def _format_values(values: Sequence[int]) -> str:
 def _scan_label_values(paths: Sequence[Path]) -> list[int]:
     found: set[int] = set()
     for path in paths:
-        values = as_label_array(load_volume(path).array, path)
+        values = label_array(load_volume(path), path)
         found.update(int(v) for v in np.flatnonzero(np.bincount(values.ravel().astype(np.int64))))
     return sorted(found)
 
@@ -89,25 +93,35 @@ def _scan_label_values(paths: Sequence[Path]) -> list[int]:
 # ------------------------------------------------------------------------------------------ msd
 
 
-def _msd_declared_labels(dataset_json: Path) -> dict[str, str]:
-    """``labels`` and ``label_names`` from an MSD ``dataset.json`` (``{"labels": {"0": "background", ...}}``)."""
+def _msd_declarations(dataset_json: Path) -> dict[str, str]:
+    """From an MSD ``dataset.json``: ``labels`` and ``label_names`` (``{"labels": {"0": "background", ...}}``)
+    and, for several modalities (``{"modality": {"0": "FLAIR", "1": "T1w", ...}}``), the channel
+    names of the 4-D images' volumes (``volumes: image=flair,t1,...``, through the channel aliases)."""
     if not dataset_json.is_file():
         return {}
     try:
-        labels = json.loads(dataset_json.read_text()).get("labels") or {}
+        content = json.loads(dataset_json.read_text())
+        labels = content.get("labels") or {}
         pairs = sorted((int(value), str(name)) for value, name in labels.items())
+        modalities = sorted((int(index), str(name)) for index, name in (content.get("modality") or {}).items())
     except (ValueError, AttributeError, TypeError):
-        raise InputDataError(dataset_json, "has no readable 'labels' mapping", 'fix it or pass --labels 0,1,...') from None
-    if not pairs:
-        return {}
-    return {"labels": _format_values([v for v, _ in pairs]), "label_names": ",".join(n.replace(",", " ") for _, n in pairs)}
+        raise InputDataError(dataset_json, "has no readable 'labels' or 'modality' mapping",
+                             'fix it or pass --labels 0,1,...') from None
+    declarations = {}
+    if pairs:
+        declarations = {"labels": _format_values([v for v, _ in pairs]),
+                        "label_names": ",".join(n.replace(",", " ") for _, n in pairs)}
+    names = [canonical_channel(re.sub(r"[^\w-]+", "_", name)) for _, name in modalities]
+    if len(names) > 1 and [i for i, _ in modalities] == list(range(len(names))) and len(set(names)) == len(names):
+        declarations["volumes"] = "image=" + ",".join(names)
+    return declarations
 
 
 def scan_msd(folder: Path) -> ManifestDraft:
     images = folder / "imagesTr"
     if not images.is_dir():
         raise InputDataError(folder, "has no imagesTr/ folder (not an MSD layout)", "point at the task folder or use --layout brats|folders")
-    draft = ManifestDraft("segmentation", ["image"], metadata=_msd_declared_labels(folder / "dataset.json"))
+    draft = ManifestDraft("segmentation", ["image"], metadata=_msd_declarations(folder / "dataset.json"))
     for image in sorted(p for p in images.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")):
         label = folder / "labelsTr" / image.name
         subject_id = _strip_suffix(image.name)
@@ -125,14 +139,15 @@ def scan_msd(folder: Path) -> ManifestDraft:
 
 # ---------------------------------------------------------------------------------------- brats
 
-_MODALITY_TOKENS = {
-    "flair": "flair", "t2f": "flair",
-    "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c",
-    "t1": "t1", "t1n": "t1",
-    "t2": "t2", "t2w": "t2",
-    "seg": "label", "otmulticlass": "label", "label": "label",
-    "brainmask": "skip", "mask": "skip",
-}
+_OTHER_TOKENS = {"seg": "label", "otmulticlass": "label", "label": "label", "brainmask": "skip", "mask": "skip"}
+
+
+def _token_modality(token: str) -> str | None:
+    lowered = token.lower()
+    if lowered in _OTHER_TOKENS:
+        return _OTHER_TOKENS[lowered]
+    name = canonical_channel(token)
+    return name if name in BRATS_CHANNEL_ORDER else None
 
 
 def brats_modality(file_name: str) -> tuple[str | None, str]:
@@ -140,7 +155,7 @@ def brats_modality(file_name: str) -> tuple[str | None, str]:
     stem = _strip_suffix(file_name)
     tokens = re.split(r"[-_.]", stem)
     for index, token in enumerate(tokens):
-        modality = _MODALITY_TOKENS.get(token.lower())
+        modality = _token_modality(token)
         if modality:
             rest = [t for i, t in enumerate(tokens) if i != index]
             separator = "-" if "-" in stem else "_"

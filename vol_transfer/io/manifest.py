@@ -11,7 +11,9 @@ Format (paths relative to the data root; ``#`` lines before the header declare f
 - Columns: ``subject_id``, ``split`` (train | validation | test | unlabelled), one column per image
   channel named by modality (``image``; ``flair,t1c``; …) and optionally ``label``. An optional
   ``patient_id`` column groups several subjects of one patient (they must share a split).
-- A channel cell is an image file (NIfTI/MHA/NRRD) or a DICOM series folder.
+- A channel cell is an image file (NIfTI/MHA/NRRD) or a DICOM series folder. A cell may be a
+  4-D file holding several channels (the MSD Task01 layout): ``# volumes: image=flair,t1,t1c,t2``
+  names its volumes, else they are ``image_0 … image_3`` (see :mod:`vol_transfer.io.case`).
 - ``# labels:`` declares the allowed label values (``0,1,2`` or ranges ``0-117``); required when a
   segmentation manifest has a label column. ``# kind: classification`` manifests instead declare
   ``# classes: NORMAL,PNEUMONIA`` and their label cell is the class name.
@@ -20,11 +22,11 @@ Format (paths relative to the data root; ``#`` lines before the header declare f
 :func:`validate_manifest` opens every file and checks what only the data can tell (grids agree,
 label values allowed, labels not empty, no NaNs). Both report every problem at once.
 
-Example:
-    >>> manifest = read_manifest("data_manifests/msd_hippocampus.csv")   # doctest: +SKIP
-    >>> image, label = load_subject(manifest.subjects("train")[0])      # doctest: +SKIP
-    >>> image.array.shape, label.array.dtype                            # doctest: +SKIP
-    ((1, 35, 51, 35), dtype('uint8'))
+Cases are loaded, by channel name, with :func:`vol_transfer.io.case.load_case`::
+
+    manifest = read_manifest("data_manifests/msd_hippocampus.csv")
+    image, label = load_case(manifest.subjects("train")[0], ["image"])
+    image.array.shape, label.array.dtype        # ((1, 35, 51, 35), dtype('uint8'))
 """
 
 from __future__ import annotations
@@ -36,17 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import nibabel as nib
 import numpy as np
 
-from vol_transfer.errors import InputDataError, ManifestError, PathLike, VolTransferError
+from vol_transfer.errors import ManifestError, PathLike, VolTransferError
+from vol_transfer.io.case import label_array, onto_grid, read_channel
 from vol_transfer.io.data_root import resolve_data_root
-from vol_transfer.io.volumes import Volume, check_same_grid, load_volume, same_geometry
+from vol_transfer.io.volumes import Volume, check_same_grid, load_volume
 
 SPLITS = ("train", "validation", "test", "unlabelled")
 KINDS = ("segmentation", "classification")
 RESERVED_COLUMNS = ("subject_id", "split", "patient_id", "label")
-METADATA_KEYS = ("kind", "labels", "label_names", "classes", "dataset", "description")
+METADATA_KEYS = ("kind", "labels", "label_names", "classes", "volumes", "dataset", "description")
 FIX = "edit the listed manifest rows (paths are relative to --data-root / $VOL_TRANSFER_DATA)"
 
 
@@ -61,6 +63,9 @@ class Subject:
         label: absolute label-map path (segmentation), class name (classification) or None.
         patient_id: the patient the case belongs to (defaults to ``subject_id``).
         line: the manifest line it came from (for messages).
+        volume_names: channel names of the volumes of 4-D files (column → names), from ``# volumes:``.
+        label_values: the declared label values (``# labels:``), or None.
+        manifest: the manifest file (for messages).
     """
 
     subject_id: str
@@ -69,10 +74,18 @@ class Subject:
     label: Path | str | None = None
     patient_id: str = ""
     line: int = 0
+    volume_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    label_values: tuple[int, ...] | None = None
+    manifest: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.patient_id:
             self.patient_id = self.subject_id
+
+    @property
+    def where(self) -> str:
+        """``x.csv line 4 (pat1)``: where the case is, for messages."""
+        return f"{self.manifest.name + ' ' if self.manifest else ''}line {self.line} ({self.subject_id})"
 
 
 @dataclass
@@ -88,6 +101,7 @@ class Manifest:
     label_names: tuple[str, ...] | None = None
     classes: tuple[str, ...] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    volume_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def subjects(self, split: str | None = None) -> list[Subject]:
         """All subjects, or those of one split (an unknown split name raises)."""
@@ -124,6 +138,19 @@ def parse_label_values(text: str) -> tuple[int, ...]:
 
 def _split_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def parse_volume_names(text: str) -> dict[str, tuple[str, ...]]:
+    """``"image=flair,t1,t1c,t2"`` (columns separated by ``;``) → ``{"image": ("flair", "t1", "t1c", "t2")}``."""
+    names: dict[str, tuple[str, ...]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        column, sep, values = part.partition("=")
+        if not sep or not column.strip() or not _split_list(values):
+            raise ValueError(part)
+        names[column.strip()] = _split_list(values)
+    return names
 
 
 def _resolve(cell: str, data_root: Path) -> Path:
@@ -195,6 +222,19 @@ def read_manifest(path: PathLike, data_root: PathLike | None = None) -> Manifest
         problems.append(f"'# label_names:' has {len(label_names)} names for {len(label_values)} declared label values")
     if "classes" in metadata:
         classes = _split_list(metadata["classes"])
+    volume_names: dict[str, tuple[str, ...]] = {}
+    if "volumes" in metadata:
+        try:
+            volume_names = parse_volume_names(metadata["volumes"])
+        except ValueError:
+            problems.append(f"'# volumes: {metadata['volumes']}' is not COLUMN=NAME,NAME,... (e.g. image=flair,t1,t1c,t2)")
+        for column, names in volume_names.items():
+            if column not in channel_names:
+                problems.append(f"'# volumes:' names the volumes of {column!r}, which is not a channel column "
+                                f"({', '.join(channel_names)})")
+            clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & (set(channel_names) - {column})))
+            if clash:
+                problems.append(f"'# volumes:' channel name(s) {clash} of {column!r} occur twice")
     if has_label_column and kind == "segmentation" and label_values is None and "labels" not in metadata:
         problems.append("the manifest has a label column but no '# labels: 0,1,...' declaration of allowed values")
     if has_label_column and kind == "classification" and not classes:
@@ -251,7 +291,7 @@ def read_manifest(path: PathLike, data_root: PathLike | None = None) -> Manifest
             first_split, first_line = patient_split[patient_id]
             problems.append(f"{where}: patient {patient_id} is in split {split!r} here but {first_split!r} on line {first_line}")
         patient_split.setdefault(patient_id, (split, line))
-        subjects.append(Subject(subject_id, split, channels, label, patient_id, line))
+        subjects.append(Subject(subject_id, split, channels, label, patient_id, line, volume_names, label_values, path))
 
     if not subjects and not problems:
         problems.append("no subjects listed")
@@ -260,75 +300,8 @@ def read_manifest(path: PathLike, data_root: PathLike | None = None) -> Manifest
     return Manifest(
         path=path, data_root=root, channel_names=channel_names, all_subjects=subjects, kind=kind,
         label_values=label_values, label_names=label_names, classes=classes, metadata=metadata,
+        volume_names=volume_names,
     )
-
-
-def load_channel(path: PathLike) -> Volume:
-    """One channel: an image file, or a DICOM series folder (via :mod:`vol_transfer.io.dicom`)."""
-    path = Path(path)
-    if path.is_dir():
-        from vol_transfer.io.dicom import load_dicom_series  # imported lazily: pydicom is slow to import
-
-        return load_dicom_series(path)
-    return load_volume(path)
-
-
-def label_dtype(max_value: int) -> type:
-    return np.uint8 if max_value < 256 else np.int32
-
-
-def as_label_array(array: np.ndarray, where: PathLike) -> np.ndarray:
-    """Check a label map is whole non-negative numbers; return it as uint8 (or int32 if needed)."""
-    data = np.asarray(array)
-    if data.size == 0:
-        return data.astype(np.uint8)
-    if not np.issubdtype(data.dtype, np.integer):
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise InputDataError(where, "label map holds non-integer values", "use an integer label map (or round it)")
-        data = rounded
-    low, high = data.min(), data.max()
-    if low < 0:
-        raise InputDataError(where, f"label map holds negative value {int(low)}", "labels must be 0 (background) or positive")
-    return data.astype(label_dtype(int(high)), copy=False)
-
-
-def onto_grid(volume: Volume, reference: Volume, what: str = "label") -> Volume:
-    """``volume`` on ``reference``'s voxel grid: as is, or with its axes permuted/flipped when it
-    covers the same voxel centres in another axis order (e.g. a dcm2niix NIfTI label of a DICOM
-    series). Raises :class:`InputDataError` if the grids differ otherwise."""
-    if volume.spatial_shape == reference.spatial_shape and same_geometry(volume.affine, reference.affine):
-        return volume
-    start = nib.orientations.io_orientation(volume.affine)
-    end = nib.orientations.io_orientation(reference.affine)
-    transform = nib.orientations.ornt_transform(start, end)
-    affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.spatial_shape)
-    array = np.stack([nib.orientations.apply_orientation(c, transform) for c in volume.array])
-    moved = Volume(np.ascontiguousarray(array), affine, volume.paths, volume.header, volume.channel_names)
-    check_same_grid(reference, moved if moved.spatial_shape == reference.spatial_shape else volume, what)
-    return moved
-
-
-def load_subject(subject: Subject) -> tuple[Volume, Volume | None]:
-    """Load a segmentation subject: channels stacked as float32, label as integers on the same grid."""
-    if isinstance(subject.label, str):
-        raise InputDataError(subject.subject_id, "is a classification case (label is a class name)",
-                             "load its image with the 2D loader instead of load_subject")
-    volumes = [load_channel(p) for p in subject.channels.values()]
-    for other in volumes[1:]:
-        check_same_grid(volumes[0], other, "channel")
-    image = Volume(
-        array=np.concatenate([v.array.astype(np.float32, copy=False) for v in volumes], axis=0),
-        affine=volumes[0].affine,
-        paths=tuple(Path(p) for p in subject.channels.values()),
-        header=volumes[0].header,
-        channel_names=tuple(subject.channels),
-    )
-    if subject.label is None:
-        return image, None
-    label = load_volume(subject.label)
-    label.array = as_label_array(label.array, subject.label)
-    return image, onto_grid(label, image, "label")
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,10 +357,14 @@ def _check_segmentation_case(manifest: Manifest, subject: Subject, report: Valid
     reference: Volume | None = None
     for name, path in subject.channels.items():
         try:
-            volume = load_channel(path)
+            volume = read_channel(path)
         except VolTransferError as error:
             report.problems.append(_message(error, subject))
             continue
+        declared = subject.volume_names.get(name)
+        if declared is not None and len(declared) != volume.num_channels:
+            report.problems.append(f"{_where(subject)}: {name} file {path} holds {volume.num_channels} volume(s) but "
+                                   f"'# volumes:' names {len(declared)}")
         data = volume.array
         case.channel_ranges.append((float(np.min(data)), float(np.max(data))))
         if reference is None:
@@ -403,7 +380,8 @@ def _check_segmentation_case(manifest: Manifest, subject: Subject, report: Valid
         return
     try:
         label = load_volume(subject.label)
-        values = as_label_array(label.array, subject.label)
+        values = label_array(label, subject.label)
+        label = Volume(values[np.newaxis], label.affine, label.paths, label.header)
     except VolTransferError as error:
         report.problems.append(_message(error, subject))
         report.cases.append(case)

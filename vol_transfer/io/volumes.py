@@ -4,11 +4,11 @@ NIfTI (.nii, .nii.gz) is read with nibabel; MHA/NRRD/NRRD-like files with Simple
 the file, the array is ``(C, X, Y, Z)`` in the file's voxel order and ``affine`` maps voxel
 indices to RAS+ world millimetres (nibabel's convention), so one affine serves both readers.
 
-Example:
-    >>> flair_t1c = load_channels(["Flair.nii.gz", "T1c.nii.gz"])   # doctest: +SKIP
-    >>> flair_t1c.array.shape, flair_t1c.axcodes                     # doctest: +SKIP
-    ((2, 240, 240, 155), ('L', 'P', 'S'))
-    >>> save_volume(prediction, "seg.nii.gz", reference=flair_t1c)   # doctest: +SKIP
+Example (needs image files, so not run here)::
+
+    flair_t1c = load_channels(["Flair.nii.gz", "T1c.nii.gz"])
+    flair_t1c.array.shape, flair_t1c.axcodes   # ((2, 240, 240, 155), ('L', 'P', 'S'))
+    save_volume(prediction, "seg.nii.gz", reference=flair_t1c)
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 AFFINE_TOLERANCE = 1e-3  # mm; headers written by different tools differ in float rounding
 
-# ITK's physical space is LPS; nibabel's is RAS: flip the first two world axes.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# ITK's and DICOM's physical space is LPS; nibabel's (and every Volume affine) is RAS: flip the
+# first two world axes. Its own inverse, so it also maps RAS to LPS.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -152,7 +153,16 @@ def itk_geometry_to_affine(image: Any) -> np.ndarray:
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing
     lps[:3, 3] = np.asarray(image.GetOrigin(), dtype=float)[:3]
-    return _LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ lps
+
+
+def set_itk_geometry(image: Any, affine: np.ndarray) -> None:
+    """Give a SimpleITK image the geometry of a RAS+ ``affine`` (the inverse of :func:`itk_geometry_to_affine`)."""
+    lps = LPS_TO_RAS @ affine
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(d) for d in (lps[:3, :3] / spacing).ravel()))
+    image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
 
 
 def _as_channels_first(data: np.ndarray, path: Path) -> np.ndarray:
@@ -344,10 +354,6 @@ def _save_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     vector = data.ndim == 4
     zyx = np.transpose(data, (2, 1, 0, 3) if vector else (2, 1, 0))
     image = sitk.GetImageFromArray(np.ascontiguousarray(zyx), isVector=vector)
-    lps = _LPS_TO_RAS @ affine
-    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetDirection(tuple(float(d) for d in (lps[:3, :3] / spacing).ravel()))
-    image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
+    set_itk_geometry(image, affine)
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)

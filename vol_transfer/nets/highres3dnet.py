@@ -27,6 +27,11 @@ from vol_transfer.nets.blocks import ACTIVATIONS, ConvNormAct, ResidualBlock
 BASE_CHANNELS = {"conv_0": 16, "res_1": 16, "res_2": 32, "res_3": 64, "conv_1": 80}
 DILATIONS = {"res_1": 1, "res_2": 2, "res_3": 4}
 BLOCKS_PER_GROUP = 3
+# The study's six layer groups, input to output: group name → parameter-name patterns
+# (see vol_transfer.transfer.groups); the top-level children of HighRes3DNet, in order.
+HIGHRES3DNET_GROUPS: dict[str, tuple[str, ...]] = {
+    name: (f"{name}.*",) for name in ("conv_0", "res_1", "res_2", "res_3", "conv_1", "conv_2")
+}
 
 
 class HighRes3DNet(nn.Module):
@@ -40,9 +45,7 @@ class HighRes3DNet(nn.Module):
         dropout: dropout probability applied before ``conv_2`` (0 = none).
     """
 
-    layer_groups: dict[str, tuple[str, ...]] = {
-        name: (f"{name}.*",) for name in ("conv_0", "res_1", "res_2", "res_3", "conv_1", "conv_2")
-    }
+    layer_groups = HIGHRES3DNET_GROUPS
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from typing import Mapping, Union
 import numpy as np
 
 from vol_transfer.errors import RecipeError
+from vol_transfer.io.case import label_array
 
 
 @dataclass(frozen=True)
@@ -72,22 +73,15 @@ def resolve_mapping(mapping: MappingSpec) -> dict[int, int] | None:
 def remap_labels(array: np.ndarray, mapping: MappingSpec, default: int = 0) -> np.ndarray:
     """Return a copy of ``array`` with values renumbered by ``mapping`` (unlisted values → ``default``).
 
-    ``mapping=None`` returns the labels unchanged (as a copy).
+    ``mapping=None`` returns the labels unchanged (as a copy). Values are checked by
+    :func:`vol_transfer.io.case.label_array` (the one label-array path).
     """
     table = resolve_mapping(mapping)
     data = np.asarray(array)
-    if table is None:
+    if table is None or data.size == 0:
         return data.copy()
-    if data.size == 0:
-        return data.copy()
-    if not np.issubdtype(data.dtype, np.integer):
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise RecipeError("labels", "label array holds non-integer values", "remap integer label maps only")
-        data = rounded.astype(np.int64)
-    low, high = int(data.min()), int(data.max())
-    if low < 0:
-        raise RecipeError("labels", f"label array holds negative value {low}", "labels must be >= 0")
+    data = label_array(data, "labels", keep_shape=True)  # whole, non-negative numbers (InputDataError otherwise)
+    high = int(data.max())
     out_max = max([default, *table.values()])
     dtype = np.uint8 if out_max < 256 else np.int32
     lookup = np.full(max(high, *table.keys()) + 1, default, dtype=dtype)

@@ -11,12 +11,12 @@ axes they span follows the image's orientation, see :func:`plane_axes`) and as 3
 outside the image are filled with ``pad_value`` (default: the image minimum, e.g. air in CT).
 Sizes are in voxels: resample first (``Preprocessor`` spacing) for patches of a fixed size in mm.
 
-Example:
-    >>> ct = load_dicom_series("lung_ct_dicom/series_B40f")                      # doctest: +SKIP
-    >>> candidates = read_candidates("candidates.csv")                           # doctest: +SKIP
-    >>> patches = extract_candidate_patches(ct, candidates, size=64, cube=32)    # doctest: +SKIP
-    >>> patches[0].planes["axial"].shape, patches[0].cube.shape                  # doctest: +SKIP
-    ((64, 64), (32, 32, 32))
+Example (needs a CT series, so not run here)::
+
+    ct = load_dicom_series("lung_ct_dicom/series_B40f")
+    candidates = read_candidates("candidates.csv")
+    patches = extract_candidate_patches(ct, candidates, size=64, cube=32)
+    patches[0].planes["axial"].shape, patches[0].cube.shape   # ((64, 64), (32, 32, 32))
 """
 
 from __future__ import annotations

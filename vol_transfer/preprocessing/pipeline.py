@@ -15,27 +15,39 @@ Spec keys (all optional)::
     }
 
 Steps run in that order: orient, crop, intensity, resample, pad. Each intensity step may name
-``"channels": [0, 2]`` to touch only those channels.
+``"channels": [0, 2]`` to touch only those channels. The steps are typed per ``kind``
+(:mod:`vol_transfer.preprocessing.intensity_steps`) and the whole spec is read by
+:meth:`Preprocessor.from_spec` through the recipe types, the same code for a recipe's
+``preprocessing`` section and for the spec a checkpoint stores.
 
-Example:
+Example (a volume stored right-to-left, prepared in RAS, and a label map of the prepared volume
+restored to the original grid, ready for ``save_volume(restored, "seg.nii.gz", reference=volume)``):
+    >>> volume = Volume(np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4), np.diag([-1.0, 1.0, 1.0, 1.0]))
     >>> prep = Preprocessor.from_spec({"orientation": "RAS", "intensity": [{"kind": "zscore", "mask": "nonzero"}]})
-    >>> prepared, inverse = prep.apply(volume)                         # doctest: +SKIP
-    >>> prediction = inverse.restore(segmentation, order="nearest")    # doctest: +SKIP
-    >>> save_volume(prediction, "seg.nii.gz", reference=volume)        # doctest: +SKIP
+    >>> prepared, inverse = prep.apply(volume)
+    >>> volume.axcodes, prepared.axcodes
+    (('L', 'A', 'S'), ('R', 'A', 'S'))
+    >>> segmentation = (prepared.array > 0).astype(np.uint8)   # above the mean of the non-zero voxels, 12
+    >>> restored = inverse.restore(segmentation, order="nearest")
+    >>> bool((restored == (volume.array > 12)).all())
+    True
+    >>> Preprocessor.from_spec({"intensity": [{"kind": "zscore", "mask": "brain"}]})
+    Traceback (most recent call last):
+    ...
+    vol_transfer.errors.RecipeError: preprocessing.intensity[0].mask: 'brain' is not allowed — choose one of 'nonzero', 'foreground', 'threshold', 'all'
 """
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from vol_transfer.errors import RecipeError
 from vol_transfer.io.volumes import Volume
-from vol_transfer.preprocessing import intensity
+from vol_transfer.preprocessing.intensity_steps import IntensityStep
 from vol_transfer.preprocessing.spatial import (
     SpatialInverse,
     plan_foreground_crop,
@@ -43,106 +55,42 @@ from vol_transfer.preprocessing.spatial import (
     plan_reorientation,
     plan_resampling,
 )
+from vol_transfer.recipes import config_to_dict, from_dict, option
 
 SPEC_KEYS = ("orientation", "crop_foreground", "intensity", "spacing", "min_size")
-
-# kind → (function(channel, mask-or-None, **options), allowed option names)
-_INTENSITY_KINDS: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...]]] = {
-    "zscore": (lambda a, **o: intensity.zscore(a, intensity.foreground_mask(a, o.get("mask", "nonzero"), o.get("threshold", 0.0))),
-               ("mask", "threshold")),
-    "percentile_clip": (lambda a, **o: intensity.percentile_clip(a, o.get("lower", 0.5), o.get("upper", 99.5)),
-                        ("lower", "upper")),
-    "hu_window": (lambda a, **o: intensity.hu_window(a, o["window"]), ("window",)),
-    "scale_by_max": (lambda a, **o: intensity.scale_by_max(a, o.get("slice_axis")), ("slice_axis",)),
-    "scale_uint8": (lambda a, **o: intensity.scale_uint8(a), ()),
-}
-
-
-def _validate_intensity(steps: Any) -> list[dict[str, Any]]:
-    if steps is None:
-        return []
-    if not isinstance(steps, list):
-        raise RecipeError("preprocessing.intensity", f"{steps!r} is not a list", 'write e.g. [{"kind": "zscore"}]')
-    for index, step in enumerate(steps):
-        where = f"preprocessing.intensity[{index}]"
-        if not isinstance(step, dict) or "kind" not in step:
-            raise RecipeError(where, f"{step!r} has no 'kind'", f"use one of {', '.join(_INTENSITY_KINDS)}")
-        if step["kind"] not in _INTENSITY_KINDS:
-            raise RecipeError(where, f"unknown kind {step['kind']!r}", f"use one of {', '.join(_INTENSITY_KINDS)}")
-        allowed = set(_INTENSITY_KINDS[step["kind"]][1]) | {"kind", "channels"}
-        unknown = sorted(set(step) - allowed)
-        if unknown:
-            raise RecipeError(where, f"unknown option(s) {unknown} for {step['kind']}",
-                              f"allowed: {', '.join(sorted(allowed))}")
-        if step["kind"] == "hu_window":
-            if "window" not in step:
-                raise RecipeError(where, "hu_window needs a 'window'", f"use one of {', '.join(intensity.HU_WINDOWS)} or [low, high]")
-            intensity.resolve_window(step["window"])
-        if step["kind"] == "zscore":
-            if step.get("mask", "nonzero") not in intensity.MASK_KINDS:
-                raise RecipeError(where, f"unknown foreground mask {step['mask']!r}",
-                                  f"use one of: {', '.join(intensity.MASK_KINDS)}")
-    return copy.deepcopy(steps)
-
-
-def _triple(value: Any, key: str, kind: type) -> list | None:
-    if value is None:
-        return None
-    values = [value] * 3 if isinstance(value, (int, float)) else value
-    try:
-        values = [kind(v) for v in values]
-    except (TypeError, ValueError):
-        raise RecipeError(f"preprocessing.{key}", f"{value!r} is not a number or three numbers", "write e.g. [1, 1, 1]") from None
-    if len(values) != 3:
-        raise RecipeError(f"preprocessing.{key}", f"{value!r} has {len(values)} values", "give one value per axis (x, y, z)")
-    return values
 
 
 @dataclass
 class Preprocessor:
-    """Spatial + intensity preparation of a volume, with the spatial part undoable."""
+    """Spatial + intensity preparation of a volume, with the spatial part undoable.
 
-    orientation: str | None = None
-    crop_foreground: int | None = None
-    intensity: list[dict[str, Any]] = field(default_factory=list)
-    spacing: list[float] | None = None
-    min_size: list[int] | None = None
+    The fields are the spec (see the module docstring); :meth:`from_spec` reads one through the
+    recipe types (:func:`vol_transfer.recipes.from_dict`), so a recipe's ``preprocessing`` section
+    and a checkpoint's stored spec are checked by the same code. A key left out is a step left out.
+    """
+
+    orientation: Optional[str] = None  # axis codes, e.g. RAS; None keeps the file's order
+    crop_foreground: Optional[int] = option(None, ge=0)  # margin in voxels; None: no crop
+    intensity: list[IntensityStep] = option(default_factory=list)
+    spacing: Optional[tuple[float, float, float]] = option(None, gt=0)  # mm; None keeps the spacing
+    min_size: Optional[tuple[int, int, int]] = option(None, ge=1)  # pad (with 0) up to this size
+
+    def validate(self, where: str) -> None:
+        if self.orientation is not None:
+            try:
+                plan_reorientation((1, 1, 1), np.eye(4), self.orientation)  # validates the codes
+            except RecipeError as error:
+                raise RecipeError(f"{where}.orientation" if where else "orientation", error.problem, error.fix) from None
+            self.orientation = self.orientation.upper()
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any] | None) -> "Preprocessor":
-        """Build from a spec dict (see module docstring); unknown keys are refused."""
-        spec = dict(spec or {})
-        unknown = sorted(set(spec) - set(SPEC_KEYS))
-        if unknown:
-            raise RecipeError("preprocessing", f"unknown key(s) {unknown}", f"use only {', '.join(SPEC_KEYS)}")
-        margin = spec.get("crop_foreground")
-        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
-            raise RecipeError("preprocessing.crop_foreground", f"{margin!r} is not a margin in voxels",
-                              "use an integer >= 0, or null for no crop")
-        orientation = spec.get("orientation")
-        if orientation is not None:
-            plan_reorientation((1, 1, 1), np.eye(4), orientation)  # validates the codes
-            orientation = orientation.upper()
-        spacing = _triple(spec.get("spacing"), "spacing", float)
-        if spacing is not None and min(spacing) <= 0:
-            raise RecipeError("preprocessing.spacing", f"{spacing} has a value <= 0", "use positive millimetres")
-        return cls(
-            orientation=orientation,
-            crop_foreground=margin,
-            intensity=_validate_intensity(spec.get("intensity")),
-            spacing=spacing,
-            min_size=_triple(spec.get("min_size"), "min_size", int),
-        )
+    def from_spec(cls, spec: Mapping[str, Any] | "Preprocessor" | None, where: str = "preprocessing") -> "Preprocessor":
+        """Build from a spec mapping (a recipe section or a checkpoint's stored spec) or a typed section."""
+        return from_dict(Preprocessor, {} if spec is None else spec, where)
 
     def to_spec(self) -> dict[str, Any]:
         """The JSON-serialisable spec that :meth:`from_spec` turns back into this pipeline."""
-        spec = {
-            "orientation": self.orientation,
-            "crop_foreground": self.crop_foreground,
-            "intensity": copy.deepcopy(self.intensity),
-            "spacing": self.spacing,
-            "min_size": self.min_size,
-        }
+        spec = {key: config_to_dict(getattr(self, key)) for key in SPEC_KEYS}
         json.dumps(spec)  # fail here, not when a checkpoint is written
         return spec
 
@@ -150,11 +98,9 @@ class Preprocessor:
         """Apply the intensity steps channel by channel to a ``(C, X, Y, Z)`` array (float32)."""
         result = np.asarray(array, dtype=np.float32).copy()
         for step in self.intensity:
-            function = _INTENSITY_KINDS[step["kind"]][0]
-            options = {k: v for k, v in step.items() if k not in ("kind", "channels")}
-            channels = step.get("channels", range(result.shape[0]))
+            channels = step.channels if step.channels is not None else range(result.shape[0])
             for c in channels:
-                result[c] = function(result[c], **options)
+                result[c] = step(result[c])
         return result
 
     def apply(self, volume: Volume) -> tuple[Volume, SpatialInverse]:

@@ -7,12 +7,12 @@ scaled to [0, 1], MRI slices divided by their maximum, X-rays divided by 255. Th
 that for any :class:`~vol_transfer.io.volumes.Volume` (NIfTI/MHA file, DICOM series folder or the
 subjects of a manifest), reusing the shared intensity presets.
 
-Example:
-    >>> spec = SliceSpec(plane="axial", budget=8, normalise="hu:genesis", body_threshold=-500)
-    >>> ct = load_dicom_series("lung_ct_dicom/series_B40f")              # doctest: +SKIP
-    >>> slices = select_slices(ct, spec)                                 # doctest: +SKIP
-    >>> [s.index for s in slices]                                        # doctest: +SKIP
-    [0, 4, 8, 12, 17, 21, 25, 29]
+Example (needs a CT series, so not run here)::
+
+    spec = SliceSpec(plane="axial", budget=8, normalise="hu:genesis", body_threshold=-500)
+    ct = load_dicom_series("lung_ct_dicom/series_B40f")
+    slices = select_slices(ct, spec)
+    [s.index for s in slices]   # [0, 4, 8, 12, 17, 21, 25, 29]
 """
 
 from __future__ import annotations
@@ -276,7 +276,8 @@ def sources_from_paths(paths: Sequence[PathLike], data_root: PathLike | None = N
                        split: str | None = None) -> Iterator[SliceSource]:
     """Volumes to slice from image files, DICOM series folders and manifests (``.csv``)."""
     from vol_transfer.io.dicom import load_dicom_series
-    from vol_transfer.io.manifest import load_subject, read_manifest
+    from vol_transfer.io.case import load_case as load_subject
+    from vol_transfer.io.manifest import read_manifest
     from vol_transfer.io.volumes import load_volume
 
     for raw in paths:

@@ -23,10 +23,10 @@ import numpy as np
 from nibabel import orientations
 
 from vol_transfer.errors import RecipeError
+from vol_transfer.io.volumes import set_itk_geometry
 from vol_transfer.preprocessing.intensity import border_background
 
 Shape = tuple[int, int, int]
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 INTERPOLATION_ORDERS = ("nearest", "linear")
 
 
@@ -243,11 +243,7 @@ def _sitk_image(array: np.ndarray, affine: np.ndarray):
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
-    lps = _LPS_TO_RAS @ affine
-    spacing = affine_spacing(lps)
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetDirection(tuple(float(d) for d in (lps[:3, :3] / spacing).ravel()))
-    image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
+    set_itk_geometry(image, affine)
     return image
 
 

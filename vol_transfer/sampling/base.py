@@ -153,10 +153,6 @@ class PatchSampler:
         """``n`` window centres, ``(n, 3)`` int64 voxel indices of the volume."""
         return prepared.box.to_centres(prepared.index.draw(n, rng))
 
-    def sample(self, label: np.ndarray, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """Convenience: :meth:`prepare` then :meth:`draw` (no caching)."""
-        return self.draw(self.prepare(label), n, np.random.default_rng(rng))
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(window={self.window}, padding={self.padding!r})"
 

@@ -4,7 +4,7 @@ API (what training code calls)::
 
     loader = PatchLoader(items, load, sampler, batch_size=2, patches_per_volume=8,
                          volumes_per_block=4, augmentation=Augmentation.study(), seed=0,
-                         num_workers=2, dtype=torch.float32, padding_label=-1, cache=False)
+                         num_workers=2, dtype=torch.float32, padding_label=-1)
     for batch in loader:              # endless; stop after your iteration count
         batch["image"]   # (B, C, X, Y, Z) float32 (or ``dtype``), channels first
         batch["label"]   # (B, X, Y, Z) int16; ``padding_label`` (-1) where the window left the volume
@@ -16,40 +16,35 @@ API (what training code calls)::
     state = loader.state_dict()       # {"seed", "next_batch", "fingerprint"} — save with the checkpoint
     loader.load_state_dict(state)     # the next batch is exactly the one that would have come next
 
-``items`` is any sequence (subjects, paths …); ``load(item)`` returns ``(image, label)`` — image
-``(C, X, Y, Z)`` float array (3D is taken as one channel), label ``(X, Y, Z)`` int array or None —
-or ``(image, label, weights)`` with a non-negative weight map for :class:`WeightedSampler`.
-:meth:`PatchLoader.from_manifest` builds ``items``/``load`` from a manifest split.
+``items`` is any sequence (in-memory cases, subjects, paths …); ``load(item)`` returns
+``(image, label)`` — image ``(C, X, Y, Z)`` float array (3D is taken as one channel), label
+``(X, Y, Z)`` int array or None — or ``(image, label, weights)`` with a non-negative weight map for
+:class:`WeightedSampler`. Every loaded volume and its sampler index stay in memory (in each
+process that uses them), like MONAI's CacheDataset: meant for data sets that fit in memory, as the
+training engine's in-memory cases do.
 
 How the stream is defined (why resume and worker counts do not change it): batch ``b`` is a pure
 function of ``(seed, b)``. Volumes are visited in epochs, each in a seeded random order; a
 *visit* draws ``patches_per_volume`` windows from one volume (centres seeded by ``(seed, visit)``,
 augmentation by ``(seed, visit, draw)``). Visits are grouped in *blocks* of
-``volumes_per_block`` — the bounded queue — whose patches are shuffled together (seeded by
+``volumes_per_block`` — the shuffle buffer — whose patches are shuffled together (seeded by
 ``(seed, block)``); batch ``b`` is patches ``b·B … b·B + B - 1`` of that stream.
 
-Workers share the work in one of two ways; both give exactly the stream above, for any ``W``:
-
-* default: DataLoader worker ``w`` of ``W`` computes visits ``v ≡ w (mod W)`` — loading, sampler
-  index, centres, extraction, augmentation — so each volume is read once per visit by one worker;
-  the main process shuffles a block's patches into batches (one copy per batch). Memory: each
-  worker reuses ``ceil(2·volumes_per_block / W) + prefetch_factor`` visit slots in shared memory
-  (:mod:`vol_transfer.sampling.ring`), e.g. 2 workers, 4 volumes per block, prefetch 2: 12 visits.
-* ``cache=True`` (volumes held in memory, as the training engine does): every worker keeps every
-  volume and its sampler index, and worker ``w`` builds whole batches ``b ≡ w (mod W)`` in
-  ``prefetch_factor + 1`` reused shared-memory slots; the main process copies each batch out.
-
-DataLoader returns worker results round-robin, i.e. in stream order. Resuming recomputes at most
-one block: the next batch number is the whole state.
+Workers: DataLoader worker ``w`` of ``W`` builds whole batches ``b ≡ w (mod W)``; DataLoader returns
+them round-robin, i.e. in stream order. Workers start with the ``fork`` method on Linux (the
+in-memory cases are shared copy-on-write instead of pickled into every worker; DataLoader workers
+run one torch thread and never touch CUDA, so forking a threaded trainer is safe) and ``spawn``
+elsewhere (see :func:`worker_start_method`). A batch crosses to the main process the usual torch
+way (a shared-memory tensor per field), or with ``worker_transport="ring"`` through a few reused
+shared-memory slots (:mod:`vol_transfer.sampling.ring`); both give the same batches.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import itertools
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -61,14 +56,23 @@ from vol_transfer.sampling.base import PatchSampler, PreparedVolume, SamplingErr
 from vol_transfer.sampling.ring import BatchRing
 
 LoadResult = tuple  # (image, label) or (image, label, weights)
+WorkerTransport = Literal["torch", "ring"]
+WORKER_TRANSPORTS = ("torch", "ring")
 _ORDER, _SHUFFLE, _CENTRES, _AUGMENT = 0, 1, 2, 3  # generator streams, kept apart by a tag
 # Labels travel as int16 (−1 = padding fits): a quarter of int64's bytes between processes.
 # Losses that need int64 (cross-entropy) convert on the training device.
 LABEL_DTYPE = torch.int16
 
 
-def _as_numpy(patch: np.ndarray | torch.Tensor) -> np.ndarray:
-    return patch.numpy() if isinstance(patch, torch.Tensor) else patch
+def worker_start_method() -> str:
+    """How DataLoader workers start: ``fork`` on Linux, ``spawn`` elsewhere.
+
+    ``fork`` shares the in-memory volumes with the workers copy-on-write and starts a worker in
+    milliseconds; ``spawn``/``forkserver`` pickle every item (the whole data set) into every worker
+    and import torch again there (see ``benchmarks/bench_train_step.py``). macOS lacks a safe fork,
+    Windows any fork; Python 3.14 would otherwise default to ``forkserver`` on Linux.
+    """
+    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _new_tensors(shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -111,8 +115,8 @@ class LoadedVolume:
 
 
 class PatchStream(IterableDataset):
-    """The seeded stream. As an IterableDataset it yields *visits* (N patches of one volume), which
-    DataLoader workers compute in parallel; :class:`PatchLoader` shuffles them into batches."""
+    """The seeded stream. As an IterableDataset it yields whole batches, which DataLoader workers
+    compute in parallel (worker ``w`` of ``W``: batches ``b ≡ w (mod W)``)."""
 
     def __init__(
         self,
@@ -128,7 +132,6 @@ class PatchStream(IterableDataset):
         image_fill: float = 0.0,
         padding_label: int = -1,
         dtype: torch.dtype = torch.float32,
-        cache: bool = False,
     ) -> None:
         if len(items) == 0:
             raise SamplingError("items", "no volumes to sample from", "check the manifest split or the item list")
@@ -148,9 +151,6 @@ class PatchStream(IterableDataset):
         self.image_fill = float(image_fill)
         self.padding_label = int(padding_label)
         self.dtype = dtype
-        self.cache = cache
-        self.first_visit = 0
-        self.stop_visit: int | None = None
         self.first_batch = 0
         self.stop_batch: int | None = None
         self.ring: BatchRing | None = None  # set by PatchLoader while it starts worker processes
@@ -207,104 +207,20 @@ class PatchStream(IterableDataset):
         return extract_patch(volume.image, volume.label, self.centres(visit, volume)[draw], self.sampler.window,
                              params, self.image_fill, self.padding_label)
 
-    def visit(self, visit: int) -> dict[str, Any]:
-        """The ``patches_per_volume`` patches of one volume visit (deterministic; loads the volume)."""
-        item = self.item_of_visit(visit)
-        volume = self._volumes.get(item) or self._load(item)
-        if self.cache:
-            self._volumes[item] = volume
-        n, window = self.patches_per_volume, tuple(self.sampler.window)
-        centres = self.centres(visit, volume)
-        result = {"visit": visit, "item": item, "centre": torch.from_numpy(centres.astype(np.int64))}
-        patches = [self._patch(volume, visit, j) for j in range(n)]
-        if get_worker_info() is None:  # in-process: batches copy straight from the patches
-            result.update(image=[p.image for p in patches], valid=[p.valid for p in patches],
-                          label=None if volume.label is None else [p.label for p in patches])
-            return result
-        # in a worker: filled in place in shared memory (a reused ring slot when there is a ring)
-        shapes = {"image": ((n, volume.image.shape[0]) + window, torch.float32), "valid": ((n,) + window, torch.bool)}
-        if volume.label is not None:
-            shapes["label"] = ((n,) + window, LABEL_DTYPE)
-        message: dict[str, Any] = {}
-        allocate = _shared_tensors if self.ring is None else _ring_allocator(self.ring, get_worker_info().id, message)
-        tensors = allocate(shapes)
-        image, valid, label = tensors["image"], tensors["valid"], tensors.get("label")
-        for j, patch in enumerate(patches):
-            # numpy assignment, not Tensor.copy_: copy_ goes through the intra-op thread pool,
-            # which measured 10× slower for these small copies on a busy machine
-            image[j].numpy()[...] = patch.image
-            valid[j].numpy()[...] = patch.valid
-            if label is not None:
-                label[j].numpy()[...] = patch.label
-        if "ring_slot" in message:  # the patches wait in the ring: send only where they are
-            message.update(visit=visit, item=item, centre=centres.astype(np.int64).tolist())
-            if volume.label is None:
-                message["label"] = None
-            return message
-        result.update(image=image, valid=valid, label=label)
-        return result
-
-    def patches_from(self, first_patch: int, visits: Iterator[dict[str, Any]]) -> Iterator[tuple[dict, int]]:
-        """(visit, draw) of every patch from ``first_patch`` on; ``visits`` must start at its block."""
-        block, position = divmod(first_patch, self.patches_per_block)
-        while True:
-            held = []
-            for k in range(self.volumes_per_block):
-                visit = _raise_error(next(visits))
-                if visit["visit"] != block * self.volumes_per_block + k:
-                    raise RuntimeError(f"visit {visit['visit']} arrived out of order")  # a bug, not user error
-                held.append(visit)
-            order = self.block_order(block)
-            for slot in order[position:]:
-                yield held[slot // self.patches_per_volume], int(slot % self.patches_per_volume)
-            block, position = block + 1, 0
-
-    def assemble(self, index: int, patches: Sequence[tuple[dict, int]]) -> dict[str, Any]:
-        """One batch from ``batch_size`` (visit, draw) pairs."""
-        first = patches[0][0]
-        size = (len(patches),) + tuple(first["image"][patches[0][1]].shape)
-        image = torch.empty(size, dtype=torch.float32)
-        valid = torch.empty((len(patches),) + size[2:], dtype=torch.bool)
-        has_labels = all(v["label"] is not None for v, _ in patches)
-        label = torch.empty((len(patches),) + size[2:], dtype=LABEL_DTYPE) if has_labels else None
-        for slot, (visit, draw) in enumerate(patches):
-            if tuple(visit["image"][draw].shape) != size[1:]:
-                raise InputDataError(_describe(self.items[visit["item"]]),
-                                     f"has {visit['image'][draw].shape[0]} channels, others {size[1]}",
-                                     "give every volume the same channels")
-            image[slot].numpy()[...] = _as_numpy(visit["image"][draw])
-            valid[slot].numpy()[...] = _as_numpy(visit["valid"][draw])
-            if label is not None:
-                label[slot].numpy()[...] = _as_numpy(visit["label"][draw])
-        batch: dict[str, Any] = {
-            "image": image if self.dtype == torch.float32 else image.to(self.dtype),
-            "valid": valid,
-            "centre": torch.stack([v["centre"][d] for v, d in patches]),
-            "item": torch.tensor([v["item"] for v, _ in patches], dtype=torch.int64),
-            "index": index,
-        }
-        if label is not None:
-            batch["label"] = label
-        return batch
+    def volume(self, item: int) -> LoadedVolume:
+        """Item ``item`` loaded with its sampler index (once; then kept)."""
+        if item not in self._volumes:
+            self._volumes[item] = self._load(item)
+        return self._volumes[item]
 
     def batch(self, index: int, allocate: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None
               ) -> dict[str, Any]:
-        """Batch ``index``, computed here from the volumes it needs (what workers do with ``cache``).
+        """Batch ``index``, computed here from the volumes it needs.
 
         ``allocate(shapes)`` may supply the tensors to fill (``{name: (shape, dtype)}`` → tensors).
         """
         located = [self.locate(p) for p in range(index * self.batch_size, (index + 1) * self.batch_size)]
-        if not self.cache:  # keep only the volumes of the blocks in use
-            blocks = {v // self.volumes_per_block for v, _ in located}
-            needed = {self.item_of_visit(b * self.volumes_per_block + k)
-                      for b in blocks for k in range(self.volumes_per_block)}
-            self._volumes = {item: v for item, v in self._volumes.items() if item in needed}
-        volumes = []
-        for visit, _ in located:
-            item = self.item_of_visit(visit)
-            if item not in self._volumes:
-                self._volumes[item] = self._load(item)
-            volumes.append(self._volumes[item])
+        volumes = [self.volume(self.item_of_visit(visit)) for visit, _ in located]
         window = tuple(self.sampler.window)
         channels = volumes[0].image.shape[0]
         has_labels = all(v.label is not None for v in volumes)
@@ -322,6 +238,8 @@ class PatchStream(IterableDataset):
                                      f"has {volume.image.shape[0]} channels, others {channels}",
                                      "give every volume the same channels")
             patch = self._patch(volume, visit, draw)
+            # numpy assignment, not Tensor.copy_: copy_ goes through the intra-op thread pool,
+            # which measured 10× slower for these small copies on a busy machine
             image[slot].numpy()[...] = patch.image
             valid[slot].numpy()[...] = patch.valid
             if label is not None:
@@ -338,41 +256,29 @@ class PatchStream(IterableDataset):
             batch["label"] = label
         return batch
 
-    # --- as a dataset of visits, sharded over workers ----------------------------------------------
+    # --- as a dataset of batches, sharded over workers ---------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        if self.cache:  # every worker holds every volume: share out whole batches, nothing to assemble
-            index = self.first_batch + worker
-            ring = self.ring  # set only in worker processes
-            while self.stop_batch is None or index < self.stop_batch:
-                message: dict[str, Any] = {}
-                try:
-                    batch = self.batch(index, None if ring is None else _ring_allocator(ring, worker, message))
-                except VolTransferError as error:
-                    if info is None:
-                        raise
-                    yield {"index": index, "error": (type(error), error.where, error.problem, error.fix)}
-                    return
-                if message.get("closed"):
-                    return
-                if "ring_slot" in message:  # the tensors wait in the ring: send only where they are
-                    message.update(index=batch["index"], centre=batch["centre"].tolist(), item=batch["item"].tolist())
-                    batch = message
-                yield batch
-                index += workers
-            return
-        visit = self.first_visit + worker
-        while self.stop_visit is None or visit < self.stop_visit:
+        index = self.first_batch + worker
+        ring = self.ring  # set only in worker processes, and only for worker_transport="ring"
+        while self.stop_batch is None or index < self.stop_batch:
+            message: dict[str, Any] = {}
             try:
-                yield self.visit(visit)
+                batch = self.batch(index, None if ring is None else _ring_allocator(ring, worker, message))
             except VolTransferError as error:
                 if info is None:
                     raise
                 # DataLoader cannot rebuild our exceptions (their __init__ takes 3 fields): send the fields
-                yield {"visit": visit, "error": (type(error), error.where, error.problem, error.fix)}
+                yield {"index": index, "error": (type(error), error.where, error.problem, error.fix)}
                 return
-            visit += workers
+            if message.get("closed"):
+                return
+            if "ring_slot" in message:  # the tensors wait in the ring: send only where they are
+                message.update(index=batch["index"], centre=batch["centre"].tolist(), item=batch["item"].tolist())
+                batch = message
+            yield batch
+            index += workers
 
     # --- volumes and their sampler indices ---------------------------------------------------------
     def _load(self, item: int) -> LoadedVolume:
@@ -408,7 +314,7 @@ class PatchStream(IterableDataset):
         return LoadedVolume(image, label, prepared)
 
     def fingerprint(self) -> str:
-        """Changes when anything that defines the stream changes (not the worker count)."""
+        """Changes when anything that defines the stream changes (not the worker count or transport)."""
         text = repr((len(self.items), [_describe(i) for i in self.items], repr(self.sampler), self.batch_size,
                      self.patches_per_volume, self.volumes_per_block, repr(self.augmentation), self.shuffle_volumes,
                      self.image_fill, self.padding_label))
@@ -416,13 +322,14 @@ class PatchStream(IterableDataset):
 
 
 class PatchLoader:
-    """Iterable over batches: visits computed by DataLoader workers, shuffled per block, batched here.
+    """Iterable over batches, computed in-process or by DataLoader workers.
 
     Args: see the module docstring; ``num_workers``/``prefetch_factor``/``pin_memory`` go to
-    ``torch.utils.data.DataLoader`` (``prefetch_factor`` counts visits per worker);
-    ``num_batches`` makes the stream finite; ``cache=True`` keeps every loaded volume and its
-    sampler index in memory (each worker its own) — for data sets that fit in memory, like
-    MONAI's CacheDataset.
+    ``torch.utils.data.DataLoader`` (``prefetch_factor`` counts batches per worker);
+    ``num_batches`` makes the stream finite; ``worker_transport`` is how a worker's batch reaches
+    this process (``"torch"``: DataLoader's own shared-memory tensors; ``"ring"``: reused slots,
+    :mod:`vol_transfer.sampling.ring`); ``multiprocessing_context`` defaults to
+    :func:`worker_start_method`.
     """
 
     def __init__(
@@ -443,58 +350,42 @@ class PatchLoader:
         num_batches: int | None = None,
         prefetch_factor: int = 2,
         pin_memory: bool = False,
-        cache: bool = False,
+        worker_transport: WorkerTransport = "torch",
+        multiprocessing_context: str | None = None,
     ) -> None:
+        if worker_transport not in WORKER_TRANSPORTS:
+            raise SamplingError("worker_transport", f"unknown transport {worker_transport!r}",
+                                f"use one of {list(WORKER_TRANSPORTS)}")
         self.stream = PatchStream(items, load, sampler, batch_size, patches_per_volume, volumes_per_block,
-                                  augmentation, seed, shuffle_volumes, image_fill, padding_label, dtype, cache)
+                                  augmentation, seed, shuffle_volumes, image_fill, padding_label, dtype)
         self.num_workers = int(num_workers)
         self.num_batches = num_batches
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
+        self.worker_transport = worker_transport
+        self.multiprocessing_context = multiprocessing_context or worker_start_method()
         self.next_batch = 0
-
-    @classmethod
-    def from_manifest(cls, manifest: Any, split: str | None, sampler: PatchSampler, preprocessor: Any = None,
-                      label_mapping: Any = None, **options: Any) -> "PatchLoader":
-        """Loader over ``manifest.subjects(split)``, loading with ``load_subject`` (+ preprocessing)."""
-        subjects = manifest.subjects(split)
-        if not subjects:
-            raise SamplingError(f"split {split!r}", "has no subjects in the manifest", "choose a split that exists")
-        return cls(subjects, SubjectLoader(preprocessor, label_mapping), sampler, **options)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
-        size, per_block, per_visit = stream.batch_size, stream.patches_per_block, stream.volumes_per_block
         if self.num_batches is not None and self.next_batch >= self.num_batches:
             return
-        first_patch = self.next_batch * size
         stream.first_batch, stream.stop_batch = self.next_batch, self.num_batches
-        stream.first_visit = first_patch // per_block * per_visit
-        stream.stop_visit = None
-        if self.num_batches is not None:
-            stream.stop_visit = ((self.num_batches * size - 1) // per_block + 1) * per_visit
         source: Iterator = iter(stream)
         ring = None
-        if self.num_workers > 0:  # buffers reused in shared memory (see vol_transfer.sampling.ring)
-            if stream.cache:
-                ring = stream.ring = BatchRing(self.num_workers, self.prefetch_factor + 1)
-            else:  # the main process holds up to two blocks of visits while it assembles batches
-                held = -(-2 * stream.volumes_per_block // self.num_workers)
-                ring = stream.ring = BatchRing(self.num_workers, held + self.prefetch_factor)
+        if self.num_workers > 0:
+            if self.worker_transport == "ring":  # each worker reuses prefetch + 1 batch slots
+                ring = stream.ring = BatchRing(self.num_workers, self.prefetch_factor + 1,
+                                               self.multiprocessing_context)
             source = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                     prefetch_factor=self.prefetch_factor))
+                                     prefetch_factor=self.prefetch_factor,
+                                     multiprocessing_context=self.multiprocessing_context))
             stream.ring = None  # the workers have their copy; the stream itself stays picklable as before
-        if stream.cache:
-            batches: Iterator = (self._from_worker(_raise_error(b), ring) for b in source)
-        else:
-            opened: collections.deque = collections.deque()  # (visit, worker) read in place from the ring
-            patches = stream.patches_from(first_patch, (self._open_visit(v, ring, opened) for v in source))
-            indices = itertools.count(self.next_batch) if self.num_batches is None else \
-                range(self.next_batch, self.num_batches)
-            batches = (self._release_after(stream.assemble(i, [next(patches) for _ in range(size)]), ring, opened)
-                       for i in indices)
         try:
-            for batch in batches:
+            for batch in source:
+                batch = _raise_error(batch)
+                if ring is not None and "ring_slot" in batch:
+                    batch = self._from_ring(batch, ring)
                 if self.num_batches is not None and batch["index"] >= self.num_batches:
                     return
                 if self.pin_memory:
@@ -505,29 +396,9 @@ class PatchLoader:
             if ring is not None:
                 ring.close()  # workers waiting for a slot stop, so the DataLoader shuts down at once
 
-    @staticmethod
-    def _open_visit(visit: dict[str, Any], ring: BatchRing | None, opened: collections.deque) -> dict[str, Any]:
-        if ring is None or "ring_slot" not in visit:
-            return visit
-        visit = ring.open(visit)
-        visit["centre"] = torch.as_tensor(visit["centre"])
-        opened.append((visit["visit"], visit.pop("ring_worker")))
-        return visit
-
-    def _release_after(self, batch: dict[str, Any], ring: BatchRing | None, opened: collections.deque
-                       ) -> dict[str, Any]:
-        """Free the ring slots of visits no later batch needs (those before the next batch's block)."""
-        stream = self.stream
-        next_block = (batch["index"] + 1) * stream.batch_size // stream.patches_per_block
-        while opened and opened[0][0] < next_block * stream.volumes_per_block:
-            ring.release(opened.popleft()[1])
-        return batch
-
-    def _from_worker(self, batch: dict[str, Any], ring: BatchRing | None) -> dict[str, Any]:
-        """A batch as sent by a worker: copied out of its ring slot when it came through the ring."""
-        if ring is None or "ring_slot" not in batch:
-            return batch
-        batch = ring.take(batch)
+    def _from_ring(self, message: dict[str, Any], ring: BatchRing) -> dict[str, Any]:
+        """A batch announced by a worker, copied out of its ring slot."""
+        batch = ring.take(message)
         batch["centre"], batch["item"] = torch.as_tensor(batch["centre"]), torch.as_tensor(batch["item"])
         if self.stream.dtype != torch.float32:
             batch["image"] = batch["image"].to(self.stream.dtype)
@@ -552,29 +423,6 @@ def _raise_error(item: dict[str, Any]) -> dict[str, Any]:
         kind, where, problem, fix = item["error"]
         raise kind(where, problem, fix)
     return item
-
-
-class SubjectLoader:
-    """``load`` for manifest subjects: ``load_subject`` → optional Preprocessor → label mapping."""
-
-    def __init__(self, preprocessor: Any = None, label_mapping: Any = None) -> None:
-        self.preprocessor = preprocessor
-        self.label_mapping = label_mapping
-
-    def __call__(self, subject: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        from vol_transfer.io.manifest import load_subject  # imported late: optional dependency at import time
-
-        image, label = load_subject(subject)
-        if self.preprocessor is not None:
-            image, label, _ = self.preprocessor.apply_with_label(image, label)
-        label_array = None if label is None else np.asarray(label.array)
-        if label_array is not None and label_array.ndim == 4:
-            label_array = label_array[0]
-        if label_array is not None and self.label_mapping is not None:
-            from vol_transfer.preprocessing.labels import remap_labels
-
-            label_array = remap_labels(label_array, self.label_mapping)
-        return np.asarray(image.array, dtype=np.float32), label_array
 
 
 def _describe(item: Any) -> str:

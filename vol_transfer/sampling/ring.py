@@ -1,4 +1,8 @@
-"""Shared-memory slots that DataLoader workers reuse, so batches (and visits) cross processes cheaply.
+"""Shared-memory slots that DataLoader workers reuse, so batches cross processes without new segments.
+
+Opt-in (``PatchLoader(worker_transport="ring")``, recipe key ``sampler.worker_transport: ring``):
+measured end to end (loader + HighRes3DNet step, ``benchmarks/bench_train_step.py``) it made no
+difference to the training step on the CPU recipes, so the default is DataLoader's own transport.
 
 Sending a fresh tensor from a worker moves it into a new shared-memory segment (an allocation plus
 a page fault per 4 KiB, ~8 ms for a 2×2×96³ batch here) and passes a file descriptor over a socket
@@ -9,10 +13,7 @@ batches the main process has not copied yet, which with ``slots = prefetch_facto
 happen in steady state.
 
 Worker ``w`` of ``W`` produces batches ``b ≡ w (mod W)`` in order, so its ``k``-th batch goes to
-slot ``k mod slots`` and may be written once the main process has released ``k - slots + 1`` of
-them. The same slots carry *visits* (a volume's patches) in the loader's default mode: there the
-main process reads them in place (:meth:`BatchRing.open`) and releases a worker's oldest visits once
-every batch that needs them has been assembled.
+slot ``k mod slots`` and may be written once the main process has copied ``k - slots + 1`` of them.
 
 Example (what :class:`~vol_transfer.sampling.loader.PatchStream` does)::
 
@@ -38,14 +39,16 @@ _PARENT_CHECK_SECONDS = 1.0
 class BatchRing:
     """Per-worker batch slots in shared memory; see the module docstring."""
 
-    def __init__(self, num_workers: int, slots: int) -> None:
+    def __init__(self, num_workers: int, slots: int, start_method: str | None = None) -> None:
         if num_workers < 1 or slots < 1:
             raise ValueError(f"BatchRing needs num_workers >= 1 and slots >= 1, got {num_workers}, {slots}")
         self.num_workers = int(num_workers)
         self.slots = int(slots)
         # copied[w]: batches of worker w the main process has copied out; copied[W] = 1 once closed.
-        # Created before the workers start, so they share it (fork, or pickled at spawn).
-        self._copied = multiprocessing.Array(ctypes.c_int64, self.num_workers + 1, lock=False)
+        # Created before the workers start (with their start method), so they share it: inherited
+        # at fork, or pickled at spawn/forkserver.
+        context = multiprocessing.get_context(start_method)
+        self._copied = context.Array(ctypes.c_int64, self.num_workers + 1, lock=False)
         self._parent = os.getpid()
         self._buffers: list[dict[str, torch.Tensor]] | None = None  # worker side: this worker's slots
         self._shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None
@@ -89,29 +92,17 @@ class BatchRing:
         return True
 
     # --- main side ----------------------------------------------------------------------------
-    def open(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The item a worker announced, as views of its slot: valid until :meth:`release`."""
-        message = dict(message)
-        worker, slot = message.pop("ring_worker"), message.pop("ring_slot")
-        if "ring_buffers" in message:
-            self._received[worker] = message.pop("ring_buffers")
-        message.update(self._received[worker][slot])
-        message["ring_worker"] = worker
-        return message
-
-    def release(self, worker: int, count: int = 1) -> None:
-        """Free the oldest ``count`` slots of ``worker`` (its items are released in the order made)."""
-        self._copied[worker] += count
-
     def take(self, message: dict[str, Any]) -> dict[str, Any]:
         """The batch a worker announced, copied out of its slot (which is then free again)."""
-        batch = self.open(message)
-        worker = batch.pop("ring_worker")
-        for name in self._received[worker][0]:
+        batch = dict(message)
+        worker, slot = batch.pop("ring_worker"), batch.pop("ring_slot")
+        if "ring_buffers" in batch:
+            self._received[worker] = batch.pop("ring_buffers")
+        for name, buffer in self._received[worker][slot].items():
             # numpy's copy, not Tensor.clone: clone goes through the intra-op thread pool, whose
             # wake-up costs more than these copies on a busy machine (measured 10×)
-            batch[name] = torch.from_numpy(batch[name].numpy().copy())
-        self.release(worker)
+            batch[name] = torch.from_numpy(buffer.numpy().copy())
+        self._copied[worker] += 1
         return batch
 
     def close(self) -> None:

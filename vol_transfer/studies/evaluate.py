@@ -2,19 +2,21 @@
 
 Each subject is predicted exactly as ``vol-transfer infer`` would (the checkpoint's stored
 preprocessing, whole-volume or tiled inference, the result put back onto the input's grid) and
-compared with its label mapped through the checkpoint's label mapping.
+compared with its label mapped through the checkpoint's label mapping. The case is loaded by the
+checkpoint's channel names (:func:`vol_transfer.io.case.load_case`), as ``infer`` loads it. A
+subject's score is the :func:`~vol_transfer.evaluation.metrics.mean_dice` (nanmean) of its
+classes' Dice: NaN when every class is absent from both prediction and truth, and then left out
+of the split's mean (:meth:`vol_transfer.studies.results.ArmResult.mean_dice`).
 
-Example:
-    >>> evaluate_checkpoint("runs/x/checkpoints/best.pt", "data_manifests/brats2015_flair_t1c.csv",
-    ...                     None, ["validation"])                      # doctest: +SKIP
-    {'validation': [0.61]}
+Example::
+
+    evaluate_checkpoint("runs/x/checkpoints/best.pt", "data_manifests/brats2015_flair_t1c.csv", None, ["validation"])
+    # {'validation': [0.61]}
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
-
-import numpy as np
 
 from vol_transfer.errors import PathLike
 
@@ -34,31 +36,29 @@ def evaluate_checkpoint(
     checkpoint: PathLike, manifest: PathLike, data_root: PathLike | None, splits: Sequence[str],
     options: Any = None,
 ) -> dict[str, list[float]]:
-    """Split → per-subject mean foreground Dice (subjects without a label are skipped)."""
+    """Split → per-subject mean foreground Dice (subjects without a label are skipped; NaN: nothing to score)."""
+    from vol_transfer.evaluation.metrics import mean_dice
     from vol_transfer.evaluation.report import evaluate_case
     from vol_transfer.inference.predict import InferenceOptions
     from vol_transfer.inference.predictor import Predictor
+    from vol_transfer.io.case import label_array, load_case
     from vol_transfer.io.data_root import resolve_data_root
-    from vol_transfer.io.manifest import load_subject, read_manifest
+    from vol_transfer.io.manifest import read_manifest
 
     predictor = Predictor.from_checkpoint(checkpoint, options or InferenceOptions(progress=False))
     truth_values, predicted_values = class_values(predictor.metadata)
     loaded = read_manifest(manifest, data_root=resolve_data_root(data_root))
-    wanted = predictor.channels
     results: dict[str, list[float]] = {}
     for split in splits:
         scores = []
         for subject in loaded.subjects(split):
-            image, label = load_subject(subject)
-            if label is None:
+            if subject.label is None:
                 continue
-            if list(subject.channels) != list(wanted) and set(wanted) <= set(subject.channels):
-                order = [list(subject.channels).index(c) for c in wanted]
-                image.array = image.array[order]
+            image, label = load_case(subject, predictor.channels)
             prediction = predictor.predict_volume(image)
-            rows = evaluate_case(subject.subject_id, split, prediction, np.asarray(label.array[0]),
+            rows = evaluate_case(subject.subject_id, split, prediction, label_array(label, subject.label),
                                  truth_values, image.spacing, predicted_values)
-            scores.append(float(np.mean([row["dice"] for row in rows])))
+            scores.append(mean_dice([row["dice"] for row in rows]))
         results[split] = scores
     return results
 

@@ -32,6 +32,7 @@ from typing import Literal, Optional, Union
 
 from vol_transfer.errors import RecipeError
 from vol_transfer.io.atomic import atomic_path, atomic_write_text
+from vol_transfer.nets.highres3dnet import HighRes3DNet
 from vol_transfer.recipes import option, register_task
 from vol_transfer.studies.subsets import nested_subsets
 
@@ -76,7 +77,7 @@ class StudyConfig:
             raise RecipeError("arms", f"arm names repeat: {names}", "give every arm a distinct name")
 
 
-HIGHRES3DNET_GROUPS = ("conv_0", "res_1", "res_2", "res_3", "conv_1", "conv_2")
+HIGHRES3DNET_GROUPS = tuple(HighRes3DNet.layer_groups)  # the study's network: conv_0, res_1, … conv_2
 NO_FREEZING = "transfer.freezing={kind: none}"
 
 
@@ -208,10 +209,10 @@ def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_s
     return plan
 
 
-def _run_study(config: StudyConfig, run_dir: Path, **options) -> dict:
+def _run_study(config: StudyConfig, run_dir: Path, data_root: Path | None = None) -> dict:
     from vol_transfer.studies.runner import run_study
 
-    return run_study(config, run_dir, **options)
+    return run_study(config, run_dir, data_root)
 
 
-register_task("study", StudyConfig, _run_study)
+register_task("study", StudyConfig, _run_study, command="study")

@@ -1,8 +1,12 @@
 """A study's report: tables in the study's layout, plots, ``report.md`` and ``results.csv``.
 
-Example:
-    >>> write_report(results, "runs/ablation", title="Freezing ablation")   # doctest: +SKIP
-    PosixPath('runs/ablation/report.md')
+Per-subject Dice that is NaN (no class in prediction or truth) is left out of every mean, SD,
+count and box, as in ``vol-transfer evaluate`` (:func:`vol_transfer.evaluation.metrics.mean_dice`).
+
+Example::
+
+    write_report(results, "runs/ablation", title="Freezing ablation", kind="freeze_ablation")
+    # PosixPath('runs/ablation/report.md')
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from vol_transfer.evaluation.metrics import mean_dice
 from vol_transfer.io.atomic import atomic_path, atomic_write_text
 from vol_transfer.studies.results import ArmResult, smooth
 
@@ -105,7 +110,8 @@ def results_csv(results: Sequence[ArmResult], threshold: float) -> str:
     ])
     for result in results:
         reached = result.time_to_threshold(threshold) or ("", "")
-        for split, values in result.dice.items():
+        for split in result.dice:
+            values = result.scored(split)
             writer.writerow([
                 result.name, result.subset, result.subset_size, result.seed, split,
                 _fmt(result.mean_dice(split), 6), _fmt(float(np.std(values)) if values else math.nan, 6), len(values),
@@ -158,7 +164,7 @@ def plot_dice_boxes(results: Sequence[ArmResult], split: str, path: Path) -> Pat
     import matplotlib.pyplot as plt
 
     arms = _arm_order(results)
-    data = [[d for r in results if r.name == arm for d in r.dice.get(split, [])] for arm in arms]
+    data = [[d for r in results if r.name == arm for d in r.scored(split)] for arm in arms]
     figure, axis = plt.subplots(figsize=(1.2 * len(arms) + 2, 4))
     axis.boxplot(data, showmeans=True)
     axis.set_xticks(range(1, len(arms) + 1), arms)
@@ -183,7 +189,7 @@ def plot_dice_vs_size(results: Sequence[ArmResult], split: str, path: Path) -> P
             if result.name == arm:
                 points[result.subset_size].append(result.mean_dice(split))
         sizes = sorted(points)
-        axis.plot(sizes, [np.nanmean(points[s]) for s in sizes], marker="o", label=arm)
+        axis.plot(sizes, [mean_dice(points[s]) for s in sizes], marker="o", label=arm)
     axis.set_xlabel("training cases")
     axis.set_ylabel(f"mean Dice ({split})")
     axis.legend()

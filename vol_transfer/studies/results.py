@@ -4,6 +4,8 @@ Example:
     >>> arm = ArmResult(name="model_1", dice={"test": [0.5, 0.6]}, best_iteration=500)
     >>> round(arm.mean_dice("test"), 3)
     0.55
+    >>> ArmResult(name="scratch", dice={"test": [0.5, float("nan")]}).mean_dice("test")  # NaN: nothing to score
+    0.5
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
+from vol_transfer.evaluation.metrics import mean_dice
 
 
 @dataclass
@@ -35,7 +37,8 @@ class ArmResult:
         subset_size: number of training cases used.
         seed: the run's seed.
         best_iteration: iteration of the checkpoint chosen on validation Dice.
-        dice: split → per-subject mean foreground Dice of the chosen checkpoint.
+        dice: split → per-subject mean foreground Dice of the chosen checkpoint (NaN: a subject
+            with no class in prediction or truth, left out of the means).
         curve: the logged training curve.
         step_time: mean seconds per training iteration.
         wall_time: seconds the whole run took.
@@ -52,8 +55,12 @@ class ArmResult:
     wall_time: float = math.nan
 
     def mean_dice(self, split: str) -> float:
-        values = self.dice.get(split, [])
-        return float(np.mean(values)) if values else math.nan
+        """:func:`~vol_transfer.evaluation.metrics.mean_dice` of the subjects' scores (NaN ones left out)."""
+        return mean_dice(self.dice.get(split, []))
+
+    def scored(self, split: str) -> list[float]:
+        """The subjects' scores on ``split`` that are not NaN."""
+        return [d for d in self.dice.get(split, []) if not math.isnan(d)]
 
     def time_to_threshold(self, threshold: float) -> tuple[int, float] | None:
         """(iteration, wall seconds) when validation Dice first reached ``threshold``, else None."""

@@ -5,8 +5,10 @@ resumes from its last checkpoint; an arm's evaluation is cached in ``evaluation.
 its checkpoints. ``commands.sh`` in the study folder holds every arm as a standalone command line,
 for a cluster scheduler (one line per array task).
 
-Example:
-    >>> run_study(config, Path("runs/freeze_ablation"))   # doctest: +SKIP
+Example (trains every arm, so not run here; ``vol-transfer study RECIPE`` does the same)::
+
+    _, config = resolve_recipe("recipes/freeze_ablation_cpu.yaml", command="study")
+    run_study(config, Path("runs/freeze_ablation"))
 """
 
 from __future__ import annotations

@@ -1,23 +1,22 @@
-"""Training a 2D image classifier: class balance, SGD/Adam, plateau decay, early stopping.
+"""Training a 2D image classifier with the shared engine: class balance, SGD/Adam, plateau decay, early stopping.
 
 A ``task: classification`` recipe names the data (:class:`ImageDataConfig`), the network (a
 ``build_network`` config, e.g. ``cbr_large_t`` or ``densenet121_2d``), where its first weights
 come from (scratch, a checkpoint, or a ``pretrain:`` pretext run done first in the same run
-directory) and how to train. Each epoch is followed by validation; the best epoch by the selection
-metric is kept, training stops after ``early_stopping`` epochs without improvement, and the run
-directory receives::
+directory) and how to train. An epoch is ``iterations_per_epoch`` engine iterations; each epoch is
+followed by validation; the best epoch by the selection metric is kept, training stops after
+``early_stopping`` epochs without improvement. The run folder has the engine's layout plus the
+validation outputs of the best checkpoint::
 
-    best.pt                 weights + metadata (architecture, classes, preprocessing, recipe, metrics)
-    metrics.json            validation report (image-wise and patient-wise) + history
-    predictions.csv         one row per validation image
+    recipe.yaml, summary.json, metrics.csv, tensorboard/, checkpoints/{best,last}.pt
+    predictions.csv         one row per validation image (best checkpoint)
     roc.png, confusion_matrix.png
-    tensorboard/            losses, accuracy, F1, AUC, learning rate
-    pretrain/               the pretext run, when ``pretrain:`` is given
+    pretrain/               the pretext run (same layout), when ``pretrain:`` is given
 
-Example:
-    >>> config = ClassificationConfig(epochs=3, data=ImageDataConfig(max_train=500))   # doctest: +SKIP
-    >>> run_classification(config, "runs/pneumonia_scratch")["validation"]["auc"]      # doctest: +SKIP
-    0.95
+Example::
+
+    config = ClassificationConfig(epochs=3, data=ImageDataConfig(max_train=500))
+    run_classification(config, "runs/pneumonia_scratch")["validation"]["auc"]   # 0.95
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,21 +46,26 @@ from vol_transfer.nets.classifiers2d import densenet_state_from_torchvision
 from vol_transfer.recipes import config_to_dict, option, register_task
 from vol_transfer.training.image_data import (
     BalanceMethod,
+    ImageBatches,
     ImageDataConfig,
     ImageSet,
     epoch_indices,
     load_image_set,
     to_batch,
-    start_image_run,
+    with_data_root,
+)
+from vol_transfer.training.engine import (
+    EngineSettings,
+    PlateauDecay,
+    Selection,
+    Trainer,
+    TrainingTask,
+    ValidationResult,
 )
 from vol_transfer.training.pretext import PretextConfig, run_pretext, transfer_encoder
-from vol_transfer.transfer.freezing import set_frozen
-from vol_transfer.transfer.groups import layer_groups_of
+from vol_transfer.training.network_spec import CBRLargeTSpec, ClassifierNetworkSpec
+from vol_transfer.training.schedules import LRSchedule
 from vol_transfer.transfer.lr_groups import make_optimizer as make_grouped_optimizer
-
-
-def _default_network() -> dict[str, Any]:
-    return {"name": "cbr_large_t", "in_channels": 1, "num_classes": 2}
 
 
 @dataclass
@@ -81,7 +85,7 @@ class OptimConfig:
 class InitConfig:
     """Start from a weights file: copy the tensors whose names start with ``prefix``.
 
-    ``encoder.`` = a CBR-LargeT trunk (from ``pretext.pt`` or another classifier); ``features.`` =
+    ``encoder.`` = a CBR-LargeT trunk (from a pretext run's ``checkpoints/best.pt`` or another classifier); ``features.`` =
     a DenseNet-121 trunk; ``""`` = every tensor with a matching name and shape. ``rename:
     torchvision_densenet`` first renames a torchvision DenseNet file (ImageNet weights) to MONAI's
     names. First-layer weights are adapted to the input channel count (e.g. RGB → grey).
@@ -97,7 +101,7 @@ class ClassificationConfig:
     """A ``task: classification`` recipe."""
 
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
-    network: dict[str, Any] = option(default_factory=_default_network)
+    network: ClassifierNetworkSpec = field(default_factory=CBRLargeTSpec)
     init: InitConfig | None = None
     pretrain: PretextConfig | None = None
     balance: BalanceMethod = "weighted_sampler"
@@ -116,14 +120,20 @@ class ClassificationConfig:
 
 
 def _initialise(
-    config: ClassificationConfig, model: nn.Module, run_dir: Path, data_root: PathLike | None, progress: bool
+    config: ClassificationConfig, model: nn.Module, run_dir: Path, data_root: PathLike | None, progress: bool,
+    resume: bool = False,
 ) -> dict[str, Any]:
     from vol_transfer.transfer.checkpoint import load_checkpoint
 
     source = None
     if config.pretrain is not None:
-        pretext = run_pretext(config.pretrain, run_dir / "pretrain", data_root=data_root, progress=progress)
-        source = pretext["checkpoint"]
+        pretrain_dir = Path(run_dir) / "pretrain"
+        best = pretrain_dir / "checkpoints" / "best.pt"
+        if not (pretrain_dir / "summary.json").is_file():  # not finished yet: (continue to) pre-train
+            summary = run_pretext(config.pretrain, pretrain_dir, resume=(pretrain_dir / "checkpoints" / "last.pt").is_file(),
+                                  data_root=data_root, progress=progress)
+            atomic_write_text(pretrain_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        source = best
     elif config.init is not None and config.init.checkpoint:
         source = config.init.checkpoint
     if source is None:
@@ -143,15 +153,6 @@ def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimize
     options = {"momentum": optim.momentum} if optim.name == "sgd" else {}
     return make_grouped_optimizer(model, optim.name, optim.lr, optim.weight_decay, decay=optim.group_lr_decay,
                                   **options)
-
-
-def set_trainable(model: nn.Module, head_only: bool) -> None:
-    """Freeze every layer group but the last (the head) when ``head_only``; else unfreeze all.
-
-    The optimizer keeps every group (frozen parameters get no gradient, so no update and no decay).
-    """
-    groups = list(layer_groups_of(model))
-    set_frozen(model, groups[:-1] if head_only else [])
 
 
 @torch.no_grad()
@@ -184,23 +185,6 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.nd
     return torch.cat(outputs).numpy()
 
 
-def _train_epoch(model, optimizer, data: ImageSet, config: ClassificationConfig, rng) -> float:
-    model.train()
-    order = epoch_indices(data.labels, config.balance, rng)
-    losses = []
-    for first in range(0, len(order), config.batch_size):
-        index = order[first:first + config.batch_size]
-        if len(index) < 2:  # batch norm needs two samples
-            continue
-        inputs = to_batch(data.images[index], hflip=config.data.hflip, rng=rng)
-        loss = nn.functional.cross_entropy(model(inputs), torch.from_numpy(data.labels[index]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return float(np.mean(losses))
-
-
 def image_group(path: PathLike, class_name: str, keywords: list[str]) -> str:
     """``class/keyword`` for the first keyword in the file name (e.g. ``PNEUMONIA/virus``), else the class."""
     name = Path(path).name.lower()
@@ -208,13 +192,35 @@ def image_group(path: PathLike, class_name: str, keywords: list[str]) -> str:
     return f"{class_name}/{found}" if found else class_name
 
 
-def _selection_value(name: str, report: dict[str, Any], loss: float) -> float:
-    if name == "loss":
-        return -loss
-    if name == "macro_f1":
-        return report["macro"]["f1"]
-    value = report[name]
-    return -np.inf if value != value else value  # NaN AUC (one class) never wins
+SELECTION = {"auc": Selection("val/auc", "max"), "accuracy": Selection("val/accuracy", "max"),
+             "macro_f1": Selection("val/macro_f1", "max"), "loss": Selection("val/loss", "min")}
+
+
+class ClassifierValidator:
+    """Validation metrics of a classifier, after an optional exact batch-norm recalibration.
+
+    The recalibration images are a fixed, seeded, balanced sample of the training set (the same at
+    every validation, so resume is exact).
+    """
+
+    def __init__(self, validation: ImageSet, train: ImageSet, config: ClassificationConfig) -> None:
+        self.validation = validation
+        self.batch_size = config.batch_size
+        order = epoch_indices(train.labels, config.balance, np.random.default_rng([config.seed, 3]))
+        self.recalibration = train.images[np.sort(order[: config.bn_recalibration])] if config.bn_recalibration else None
+
+    def __call__(self, model: nn.Module) -> ValidationResult:
+        if self.recalibration is not None:
+            recalibrate_batch_norm(model, self.recalibration, self.batch_size)
+        probabilities = predict(model, self.validation.images)
+        loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(probabilities).clamp_min(1e-7)),
+                                            torch.from_numpy(self.validation.labels)))
+        report = classification_report(self.validation.labels, probabilities, self.validation.classes)
+        metrics = {"val/loss": loss, "val/accuracy": report["accuracy"], "val/macro_f1": report["macro"]["f1"],
+                   "val/auc": report["auc"]}
+        metrics.update({f"val/recall_{name}": report["per_class"][name]["recall"] for name in self.validation.classes
+                        if name in report.get("per_class", {})})
+        return ValidationResult(metrics)
 
 
 def _write_outputs(run_dir: Path, data: ImageSet, probabilities: np.ndarray, result: dict[str, Any]) -> None:
@@ -224,87 +230,76 @@ def _write_outputs(run_dir: Path, data: ImageSet, probabilities: np.ndarray, res
     for path, patient, label, p in zip(data.paths, data.patients, data.labels, probabilities):
         writer.writerow([str(path), patient, data.classes[label], data.classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
     atomic_write_text(run_dir / "predictions.csv", rows.getvalue())
-    atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2, default=float))
     if len(data.classes) == 2:
         plot_roc(data.labels, probabilities[:, 1], run_dir / "roc.png", title="validation ROC")
     plot_confusion_matrix(result["validation"]["confusion_matrix"], data.classes, run_dir / "confusion_matrix.png")
 
 
 def run_classification(
-    config: ClassificationConfig, run_dir: PathLike, *, data_root: PathLike | None = None, progress: bool = True,
-    **_: Any,
+    config: ClassificationConfig, run_dir: PathLike, *, resume: bool = False, data_root: PathLike | None = None,
+    progress: bool = True, **_: Any,
 ) -> dict[str, Any]:
-    """Train, select by validation, write the run directory (see module docstring); return metrics.
+    """Train with the engine, then score the best checkpoint on the validation split (see module docstring).
 
     ``data_root`` (the CLI's ``--data-root``) is used when the recipe's ``data.data_root`` is unset.
     """
-    from torch.utils.tensorboard import SummaryWriter
+    from vol_transfer.training.engine import seed_everything
+    from vol_transfer.transfer.checkpoint import load_checkpoint, make_metadata
+    from vol_transfer.transfer.freezing import FreezingSchedule
 
-    from vol_transfer.transfer.checkpoint import make_metadata, save_checkpoint
-
-    run_dir, rng, data = start_image_run(run_dir, config.seed, config.threads, config.data, data_root)
+    run_dir = Path(run_dir)
+    seed_everything(config.seed, deterministic=False)
+    torch.set_num_threads(config.threads)
+    data = with_data_root(config.data, data_root)
     train = load_image_set(data, config.train_split, progress=progress)
     validation = load_image_set(data, config.validation_split, progress=progress)
     print(f"train {len(train)} images {dict(zip(train.classes, train.class_counts()))}, "
           f"validation {len(validation)} {dict(zip(validation.classes, validation.class_counts()))}", flush=True)
-    network = {**config.network, "in_channels": config.data.channels, "num_classes": len(train.classes)}
+    network = config.network.architecture(in_channels=data.channels, num_classes=len(train.classes))
     model = build_network(network)
-    init = _initialise(config, model, run_dir, data_root, progress)
-    optimizer = make_optimizer(model, config.optim)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.optim.plateau_factor, patience=config.optim.plateau_patience)
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    best_value, best_state, best_epoch, history = -np.inf, None, 0, []
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        set_trainable(model, head_only=epoch <= config.warmup_epochs)
-        train_loss = _train_epoch(model, optimizer, train, config, rng)
-        if config.bn_recalibration:
-            sample = epoch_indices(train.labels, config.balance, rng)[: config.bn_recalibration]
-            recalibrate_batch_norm(model, train.images[sample], config.batch_size)
-        probabilities = predict(model, validation.images)
-        val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(probabilities).clamp_min(1e-7)),
-                                                torch.from_numpy(validation.labels)))
-        report = classification_report(validation.labels, probabilities, validation.classes)
-        if epoch > config.warmup_epochs:
-            plateau.step(val_loss)
-        lr = optimizer.param_groups[0]["lr"]
-        entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "accuracy": report["accuracy"],
-                 "macro_f1": report["macro"]["f1"], "auc": report["auc"], "lr": lr,
-                 "seconds": round(time.perf_counter() - started, 1)}
-        history.append(entry)
-        for key in ("train_loss", "val_loss", "accuracy", "macro_f1", "auc", "lr"):
-            writer.add_scalar(f"classification/{key}", entry[key], epoch)
-        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()), flush=True)
-        value = _selection_value(config.selection_metric, report, val_loss)
-        if value > best_value:
-            best_value, best_epoch = value, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= config.early_stopping and epoch > config.warmup_epochs:
-            if epoch < config.epochs:
-                print(f"early stopping: no better {config.selection_metric} for {config.early_stopping} epochs", flush=True)
-                break
-    writer.close()
-    model.load_state_dict(best_state)
+    init = _initialise(config, model, run_dir, data_root, progress) if not resume else {"init": "resumed"}
+    # a pre-training run in this process set its own seed and threads: training must not depend on it
+    seed_everything(config.seed + 1, deterministic=False)
+    torch.set_num_threads(config.threads)
+    batches = ImageBatches(train.images, train.labels, config.batch_size, config.balance, config.seed, data.hflip)
+    per_epoch = batches.per_epoch
+    selection = SELECTION[config.selection_metric]
+    metadata = make_metadata(network, ["grey"] if data.channels == 1 else ["red", "green", "blue"],
+                             validation.classes,
+                             preprocessing={"image_size": data.image_size, "intensity": "scale_uint8"},
+                             recipe={"task": "classification", **config_to_dict(config)})
+    freezing = FreezingSchedule.warmup(config.warmup_epochs * per_epoch, model) if config.warmup_epochs else None
+    task = TrainingTask(
+        model=model, batches=batches,
+        loss=lambda net, batch: nn.functional.cross_entropy(net(batch["image"]), batch["label"]),
+        validate=ClassifierValidator(validation, train, config),
+        make_optimizer=lambda net, _previous: make_optimizer(net, config.optim),
+        schedule=LRSchedule(), metadata=metadata | {"task": "classification"}, selection=selection,
+        freezing=freezing,
+        plateau=PlateauDecay(Selection("val/loss", "min"), config.optim.plateau_factor, config.optim.plateau_patience),
+        batch_size=batches.batch_size, iterations_per_epoch=per_epoch,
+    )
+    settings = EngineSettings(iterations=config.epochs * per_epoch, validate_every=per_epoch,
+                              checkpoint_every=per_epoch, log_every=max(1, min(10, per_epoch)),
+                              patience=config.early_stopping, no_stop_before=config.warmup_epochs * per_epoch,
+                              progress=progress)
+    summary = Trainer(task, settings, run_dir).run(resume=resume)
+
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt").state_dict)
     probabilities = predict(model, validation.images)
     groups = [image_group(path, validation.classes[y], config.group_keywords)
               for path, y in zip(validation.paths, validation.labels)]
     image_report = classification_report(validation.labels, probabilities, validation.classes, groups=groups)
     patients, patient_labels, patient_scores = study_wise(validation.patients, validation.labels, probabilities[:, -1])
-    patient_report = classification_report(patient_labels, patient_scores, validation.classes) if len(validation.classes) == 2 else None
-    result = {"validation": image_report, "validation_patient_wise": patient_report, "best_epoch": best_epoch,
-              "history": history, "init": init, "train_images": len(train), "validation_images": len(validation),
-              "seconds": round(time.perf_counter() - started, 1), "wall_s": time.perf_counter() - started,
-              "iterations": len(history), "stopped_early": len(history) < config.epochs}
-    metadata = make_metadata(network, ["grey"] if config.data.channels == 1 else ["red", "green", "blue"],
-                             validation.classes,
-                             preprocessing={"image_size": config.data.image_size, "intensity": "scale_uint8"},
-                             recipe={"task": "classification", **config_to_dict(config)}, iteration=best_epoch,
-                             metrics={"accuracy": image_report["accuracy"], "auc": image_report["auc"],
-                                      "macro_f1": image_report["macro"]["f1"]})
-    save_checkpoint(run_dir / "best.pt", model.state_dict(), metadata)
-    _write_outputs(run_dir, validation, probabilities, result)
-    return result
+    patient_report = (classification_report(patient_labels, patient_scores, validation.classes)
+                      if len(validation.classes) == 2 else None)
+    best_iteration = summary["selection"]["iteration"] or summary["iterations"]
+    summary.update({"task": "classification", "validation": image_report, "validation_patient_wise": patient_report,
+                    "best_epoch": math.ceil(best_iteration / per_epoch), "epochs": math.ceil(summary["iterations"] / per_epoch),
+                    "iterations_per_epoch": per_epoch, "init": init, "train_images": len(train),
+                    "validation_images": len(validation)})
+    _write_outputs(run_dir, validation, probabilities, summary)
+    return summary
 
 
 register_task("classification", ClassificationConfig, run_classification)

@@ -5,11 +5,11 @@ name, ``patient_id``) is read with :func:`vol_transfer.io.manifest.read_manifest
 optionally cut to a seeded, class-stratified subset (so CPU-sized experiments stay reproducible)
 and loaded at a fixed side length. Batches are scaled to ``[0, 1]`` with the shared /255 preset.
 
-Example:
-    >>> data = ImageDataConfig(image_size=128, max_train=1000)                   # doctest: +SKIP
-    >>> train = load_image_set(data, "train")                                   # doctest: +SKIP
-    >>> train.images.shape, train.classes                                       # doctest: +SKIP
-    ((1000, 1, 128, 128), ['NORMAL', 'PNEUMONIA'])
+Example (needs the chest X-ray data, so not run here)::
+
+    data = ImageDataConfig(image_size=128, max_train=1000)
+    train = load_image_set(data, "train")
+    train.images.shape, train.classes   # ((1000, 1, 128, 128), ['NORMAL', 'PNEUMONIA'])
 """
 
 from __future__ import annotations
@@ -103,15 +103,52 @@ def with_data_root(config: ImageDataConfig, data_root: str | Path | None) -> Ima
     return dataclasses.replace(config, data_root=str(data_root))
 
 
-def start_image_run(
-    run_dir: str | Path, seed: int, threads: int, data: ImageDataConfig, data_root: str | Path | None
-) -> tuple[Path, np.random.Generator, ImageDataConfig]:
-    """Common start of a 2D run: make the folder, seed torch and numpy, set threads, fill the data root."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    return run_dir, np.random.default_rng(seed), with_data_root(data, data_root)
+class ImageBatches:
+    """The engine's batch source for 2D images: epochs of balanced, shuffled batches.
+
+    Batch ``b`` is a pure function of ``(seed, b)``: its epoch's order comes from
+    ``epoch_indices(labels, balance, default_rng([seed, epoch]))`` and its flips from
+    ``default_rng([seed, b])``, so the state is the next batch number and resuming is exact. The
+    last partial batch of an epoch is dropped (batch norm needs two samples). ``make_batch``
+    turns ``(uint8 images, labels, rng)`` into the batch dict (default: images in [0, 1] with
+    optional flips, and their labels).
+
+    >>> batches = ImageBatches(np.zeros((10, 1, 8, 8), np.uint8), np.array([0] * 7 + [1] * 3), batch_size=4)
+    >>> batches.per_epoch, next(batches)["image"].shape
+    (2, torch.Size([4, 1, 8, 8]))
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, balance: BalanceMethod = "none",
+                 seed: int = 0, hflip: bool = False, make_batch=None) -> None:
+        self.images, self.labels = images, np.asarray(labels)
+        self.balance, self.seed, self.hflip = balance, int(seed), hflip
+        length = len(epoch_indices(self.labels, balance, np.random.default_rng(0)))
+        self.batch_size = min(batch_size, length)
+        self.per_epoch = max(1, length // self.batch_size)
+        self.make_batch = make_batch or self._classification_batch
+        self.next_batch = 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def _classification_batch(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict:
+        return {"image": to_batch(images, hflip=self.hflip, rng=rng), "label": torch.from_numpy(labels)}
+
+    def __iter__(self) -> "ImageBatches":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        epoch, position = divmod(self.next_batch, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_indices(self.labels, self.balance, np.random.default_rng([self.seed, epoch])))
+        index = np.sort(self._order[1][position * self.batch_size:(position + 1) * self.batch_size])
+        rng = np.random.default_rng([self.seed, self.next_batch, 1])
+        self.next_batch += 1
+        return self.make_batch(self.images[index], self.labels[index], rng)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"next_batch": self.next_batch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.next_batch = int(state["next_batch"])
 
 
 def to_batch(images: np.ndarray, hflip: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:

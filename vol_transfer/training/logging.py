@@ -77,25 +77,33 @@ def overlay_slice(image: np.ndarray, label: np.ndarray | None, alpha: float = 0.
 
 
 class RunLogger:
-    """TensorBoard + metrics.csv + tqdm for one run; every method is a no-op on non-main ranks."""
+    """TensorBoard + metrics.csv + tqdm for one run; every method is a no-op on non-main ranks.
 
-    def __init__(self, run_dir: Path, total_iterations: int, start_iteration: int = 0,
-                 enabled: bool = True, progress: bool = True, resumed: bool = False) -> None:
+    Messages may be written before :meth:`start` (they go to stderr); scalars, images and progress
+    need :meth:`start`, which knows the iteration a resumed run continues from.
+    """
+
+    def __init__(self, run_dir: Path, total_iterations: int, enabled: bool = True, progress: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.total = total_iterations
         self.enabled = enabled
+        self.show_progress = progress
         self.metrics = None
         self.writer = None
         self.bar = None
-        if not enabled:
+
+    def start(self, start_iteration: int = 0, resumed: bool = False) -> None:
+        if not self.enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        run_dir = Path(run_dir)
-        self.metrics = MetricsTable(run_dir / "metrics.csv", start_iteration if resumed else None)
+        self.metrics = MetricsTable(self.run_dir / "metrics.csv", start_iteration if resumed else None)
         # purge_step drops events a killed run wrote after its last checkpoint
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration + 1 if resumed else None)
-        self.bar = tqdm(total=total_iterations, initial=start_iteration, desc="train", unit="it",
-                        dynamic_ncols=True, file=sys.stderr, disable=not progress, mininterval=1.0)
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                    purge_step=start_iteration + 1 if resumed else None)
+        self.bar = tqdm(total=self.total, initial=start_iteration, desc="train", unit="it",
+                        dynamic_ncols=True, file=sys.stderr, disable=not self.show_progress, mininterval=1.0)
 
     def scalars(self, iteration: int, values: Mapping[str, float], csv_row: bool = True) -> None:
         if not self.enabled:
@@ -128,7 +136,7 @@ class RunLogger:
                 print(text, file=sys.stderr)
 
     def close(self) -> None:
-        if not self.enabled:
+        if not self.enabled or self.writer is None:
             return
         self.bar.close()
         self.writer.flush()

@@ -7,22 +7,22 @@ the CBR-LargeT trunk):
 - ``genesis`` — restore the image from a Models Genesis corruption
   (:class:`~vol_transfer.training.genesis.GenesisCorruption`).
 
-:func:`run_pretext` writes ``pretext.pt`` (the whole autoencoder + metadata) and
-:func:`transfer_encoder` copies exactly the ``encoder.*`` tensors into a classifier, reporting
-what it copied, adapted and re-initialised (the transfer toolkit's report). Recipes select this with ``task: pretext``.
+:func:`run_pretext` trains it with the shared engine (``RUN/checkpoints/best.pt`` holds the whole
+autoencoder + metadata) and :func:`transfer_encoder` copies exactly the ``encoder.*`` tensors into a
+classifier, reporting what it copied, adapted and re-initialised (the transfer toolkit's report).
+Recipes select this with ``task: pretext``.
 
-Example:
-    >>> result = run_pretext(PretextConfig(method="genesis", epochs=2), "runs/genesis")   # doctest: +SKIP
-    >>> report = transfer_encoder(load_checkpoint(result["checkpoint"]).state_dict, classifier)  # doctest: +SKIP
-    >>> print(report.summary())                                                       # doctest: +SKIP
-    transfer: 35 copied, 0 adapted, 2 re-initialised, 0 ignored
+Example::
+
+    result = run_pretext(PretextConfig(method="genesis", epochs=2), "runs/genesis")
+    report = transfer_encoder(load_checkpoint(result["checkpoint"]).state_dict, classifier)
+    print(report.summary())   # transfer: 35 copied, 0 adapted, 2 re-initialised, 0 ignored
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -30,12 +30,15 @@ import torch
 from torch import nn
 
 from vol_transfer.errors import CheckpointError, PathLike
-from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.nets import build_network
 from vol_transfer.recipes import config_to_dict, option, register_task
+from vol_transfer.training.engine import EngineSettings, Selection, Trainer, TrainingTask, ValidationResult
 from vol_transfer.training.genesis import GenesisCorruption
-from vol_transfer.training.image_data import ImageDataConfig, load_image_set, start_image_run, to_batch
+from vol_transfer.training.image_data import ImageBatches, ImageDataConfig, load_image_set, to_batch, with_data_root
+from vol_transfer.training.network_spec import CBRAutoencoderSpec
+from vol_transfer.training.schedules import LRSchedule
 from vol_transfer.transfer.adapt import TransferReport, transfer_weights
+from vol_transfer.transfer.checkpoint import make_metadata
 
 ENCODER_PREFIX = "encoder."
 
@@ -90,65 +93,82 @@ def transfer_encoder(
     return transfer_weights(target, selected, channels=channels, head="auto", where=where)
 
 
-def _pretext_pairs(
-    images: np.ndarray, method: str, corruption: GenesisCorruption, rng: np.random.Generator, hflip: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    target = to_batch(images, hflip=hflip, rng=rng)
-    if method == "autoencoder":
-        return target, target
-    corrupted = np.stack([corruption(image, rng) for image in target.numpy()])
-    return torch.from_numpy(corrupted), target
+def _pretext_batch(method: str, corruption: GenesisCorruption, hflip: bool):
+    """``make_batch`` for :class:`ImageBatches`: the target image and the network's input (itself, or corrupted)."""
+
+    def make(images: np.ndarray, _labels: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        target = to_batch(images, hflip=hflip, rng=rng)
+        if method == "autoencoder":
+            return {"image": target, "target": target}
+        corrupted = np.stack([corruption(image, rng) for image in target.numpy()])
+        return {"image": torch.from_numpy(corrupted), "target": target}
+
+    return make
+
+
+class ReconstructionValidator:
+    """Mean squared restoration error on a fixed sample of the pre-training images.
+
+    A pretext task needs no held-out generalisation claim: this monitors convergence and selects
+    ``best.pt``; the corruptions of the sample are drawn once, so every validation sees the same inputs.
+    """
+
+    def __init__(self, images: np.ndarray, method: str, corruption: GenesisCorruption, seed: int,
+                 size: int = 256, batch_size: int = 64) -> None:
+        rng = np.random.default_rng([seed, 2])
+        chosen = np.sort(rng.choice(len(images), size=min(size, len(images)), replace=False))
+        batch = _pretext_batch(method, corruption, hflip=False)(images[chosen], np.zeros(len(chosen)), rng)
+        self.inputs, self.targets, self.batch_size = batch["image"], batch["target"], batch_size
+
+    def __call__(self, model: nn.Module) -> ValidationResult:
+        total = 0.0
+        for first in range(0, len(self.inputs), self.batch_size):
+            inputs = self.inputs[first:first + self.batch_size].to(next(model.parameters()).device)
+            targets = self.targets[first:first + self.batch_size].to(inputs.device)
+            total += float(nn.functional.mse_loss(model(inputs).float(), targets, reduction="sum"))
+        return ValidationResult({"val/mse": total / self.targets.numel()})
 
 
 def run_pretext(
-    config: PretextConfig, run_dir: PathLike, *, data_root: PathLike | None = None, progress: bool = True, **_: Any
+    config: PretextConfig, run_dir: PathLike, *, resume: bool = False, data_root: PathLike | None = None,
+    progress: bool = True, **_: Any,
 ) -> dict[str, Any]:
-    """Train the autoencoder on the configured pretext task; write ``pretext.pt`` and ``pretext.json``.
+    """Train the autoencoder on the configured pretext task with the training engine.
 
-    ``data_root`` (the CLI's ``--data-root``) is used when the recipe's ``data.data_root`` is unset.
+    The run folder has the engine's layout (``checkpoints/{best,last}.pt``, ``metrics.csv``,
+    ``tensorboard/``); ``best.pt`` (lowest restoration MSE) holds the whole autoencoder and its
+    metadata. ``data_root`` (the CLI's ``--data-root``) is used when ``data.data_root`` is unset.
     """
-    from torch.utils.tensorboard import SummaryWriter
+    from vol_transfer.training.engine import seed_everything
 
-    from vol_transfer.transfer.checkpoint import make_metadata, save_checkpoint
-
-    run_dir, rng, data = start_image_run(run_dir, config.seed, config.threads, config.data, data_root)
+    run_dir = Path(run_dir)
+    seed_everything(config.seed, deterministic=False)
+    torch.set_num_threads(config.threads)
+    data = with_data_root(config.data, data_root)
     images = load_image_set(data, config.splits, progress=progress).images
-    architecture = {"name": "cbr_autoencoder", "in_channels": config.data.channels, "num_classes": config.data.channels}
+    architecture = CBRAutoencoderSpec().architecture(in_channels=data.channels, num_classes=data.channels)
     model = build_network(architecture)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     corruption = GenesisCorruption(**config.genesis.__dict__)
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    history = []
-    started = time.perf_counter()
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = rng.permutation(len(images))
-        losses = []
-        for first in range(0, len(order), config.batch_size):
-            inputs, targets = _pretext_pairs(images[np.sort(order[first:first + config.batch_size])],
-                                             config.method, corruption, rng, config.data.hflip)
-            loss = nn.functional.mse_loss(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            writer.add_scalar("pretext/loss", losses[-1], step)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started})
-        print(f"pretext[{config.method}] epoch {epoch}/{config.epochs} mse {history[-1]['loss']:.5f}", flush=True)
-    writer.close()
-    metrics = {"final_mse": history[-1]["loss"], "history": history, "images": int(len(images)),
-               "iterations": step, "wall_s": time.perf_counter() - started}
-    checkpoint = save_checkpoint(
-        run_dir / "pretext.pt",
-        model.state_dict(),
-        make_metadata(architecture, ["grey"] if config.data.channels == 1 else ["red", "green", "blue"], [],
-                      preprocessing={"image_size": config.data.image_size, "intensity": "scale_uint8"},
-                      recipe={"task": "pretext", **config_to_dict(config)}, iteration=step, metrics=metrics),
+    batches = ImageBatches(images, np.zeros(len(images), dtype=np.int64), config.batch_size, "none", config.seed,
+                           make_batch=_pretext_batch(config.method, corruption, data.hflip))
+    metadata = make_metadata(architecture, ["grey"] if data.channels == 1 else ["red", "green", "blue"], [],
+                             preprocessing={"image_size": data.image_size, "intensity": "scale_uint8"},
+                             recipe={"task": "pretext", **config_to_dict(config)})
+    task = TrainingTask(
+        model=model, batches=batches,
+        loss=lambda net, batch: nn.functional.mse_loss(net(batch["image"]), batch["target"]),
+        validate=ReconstructionValidator(images, config.method, corruption, config.seed),
+        make_optimizer=lambda net, _previous: torch.optim.Adam(net.parameters(), lr=config.lr),
+        schedule=LRSchedule(), metadata=metadata | {"task": "pretext"}, selection=Selection("val/mse", "min"),
+        batch_size=batches.batch_size, iterations_per_epoch=batches.per_epoch,
     )
-    atomic_write_text(run_dir / "pretext.json", json.dumps(metrics, indent=2))
-    return {"checkpoint": str(checkpoint), **metrics}
+    per_epoch = batches.per_epoch
+    settings = EngineSettings(iterations=config.epochs * per_epoch, validate_every=per_epoch,
+                              checkpoint_every=per_epoch, log_every=max(1, min(10, per_epoch)), progress=progress)
+    summary = Trainer(task, settings, run_dir).run(resume=resume)
+    summary.update({"task": "pretext", "images": int(len(images)), "epochs": config.epochs,
+                    "checkpoint": str(run_dir / "checkpoints" / "best.pt")})
+    return summary
 
 
 register_task("pretext", PretextConfig, run_pretext)

@@ -4,10 +4,11 @@ Because the rate is a function of the iteration alone, resuming only needs the i
 optimizer group keeps its own base rate (``group["base_lr"]``), so discriminative (per-group)
 learning rates are scaled together.
 
-Example:
+Example (the cosine runs from 1 after the warm-up to 0 at the last iteration, 99; its midpoint
+is iteration 54.5):
     >>> schedule = LRSchedule("cosine", total_iterations=100, warmup_iterations=10)
-    >>> [round(schedule.factor(i), 3) for i in (0, 9, 10, 55, 99)]
-    [0.1, 1.0, 1.0, 0.5, 0.0]
+    >>> [round(schedule.factor(i), 3) for i in (0, 9, 10, 54, 55, 99)]
+    [0.1, 1.0, 1.0, 0.509, 0.491, 0.0]
 """
 
 from __future__ import annotations

@@ -19,9 +19,17 @@ A MONAI ``HighResNet`` state dict given for our HighRes3DNet is renamed first
 Anything else (a shape that cannot be adapted, a body tensor missing from the source) raises one
 CheckpointError listing every key.
 
-Example:
-    >>> report = transfer_weights(brats_net, load_checkpoint("hippocampus.pt"), channels="repeat")  # doctest: +SKIP
-    >>> print(report.table())                                                                       # doctest: +SKIP
+Example (a 1-channel model into a 2-channel one with another class count):
+    >>> from vol_transfer.nets import build_network
+    >>> hippocampus_net = build_network({"name": "highres3dnet", "in_channels": 1, "num_classes": 3})
+    >>> brats_net = build_network({"name": "highres3dnet", "in_channels": 2, "num_classes": 2})
+    >>> report = transfer_weights(brats_net, hippocampus_net.state_dict(), channels="repeat")
+    >>> sorted(report.adapted)
+    ['conv_0.conv.weight']
+
+With a checkpoint file, ``transfer_weights(brats_net, load_checkpoint("hippocampus.pt"),
+channels="repeat")``; ``print(report.table())`` lists every adapted, re-initialised and ignored
+tensor.
 """
 
 from __future__ import annotations

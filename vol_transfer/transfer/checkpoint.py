@@ -11,9 +11,18 @@ Metadata keys (all JSON-serialisable; ``make_metadata`` fills the defaults):
 JSON turns integer dict keys (e.g. in ``label_mapping``) into strings.
 
 Example:
-    >>> save_checkpoint("model.pt", net.state_dict(), make_metadata(config, ["t1"], ["bg", "hippo"]))  # doctest: +SKIP
-    >>> ckpt = load_checkpoint("model.pt")                                                            # doctest: +SKIP
-    >>> net = build_from_checkpoint(ckpt)                                                             # doctest: +SKIP
+    >>> import tempfile
+    >>> from vol_transfer.nets import build_network
+    >>> architecture = {"name": "highres3dnet", "in_channels": 1, "num_classes": 2}
+    >>> net = build_network(architecture)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "model.pt"
+    >>> _ = save_checkpoint(path, net.state_dict(), make_metadata(architecture, ["t1"], ["bg", "hippo"]))
+    >>> ckpt = load_checkpoint(path)
+    >>> ckpt.metadata["channels"], ckpt.metadata["classes"]
+    (['t1'], ['bg', 'hippo'])
+    >>> rebuilt = build_from_checkpoint(ckpt)
+    >>> folder.cleanup()
 """
 
 from __future__ import annotations

@@ -12,11 +12,24 @@ BN policy for frozen groups (explicit everywhere; default ``"update"``):
 - ``"freeze"``: BN layers of frozen groups are held in eval mode (running statistics used and left
   unchanged), even after ``model.train()``.
 
+Schedules are built from a typed recipe spec (:mod:`vol_transfer.transfer.freezing_spec`) with
+:meth:`FreezingSchedule.from_spec`, or with the constructors below.
+
 Example (the study's model 4):
-    >>> schedule = FreezingSchedule.freeze_first(4, net)           # doctest: +SKIP
-    >>> for iteration in range(start, stop):                        # doctest: +SKIP
-    ...     if schedule.apply(net, iteration):
-    ...         optimizer = rebuild_optimizer(optimizer, param_groups(net, lr))
+    >>> from vol_transfer.nets import build_network
+    >>> net = build_network({"name": "highres3dnet", "in_channels": 1, "num_classes": 2})
+    >>> schedule = FreezingSchedule.from_spec({"kind": "freeze_first", "k": 4}, net)
+    >>> schedule.apply(net, 0)
+    True
+    >>> frozen_groups(net)
+    ['conv_0', 'res_1', 'res_2', 'res_3']
+
+In a training loop, rebuild the optimizer whenever :meth:`FreezingSchedule.apply` changes the
+trainable set (:mod:`vol_transfer.transfer.lr_groups`)::
+
+    for iteration in range(start, stop):
+        if schedule.apply(net, iteration):
+            optimizer = rebuild_optimizer(optimizer, param_groups(net, lr))
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 from torch import nn
 
 from vol_transfer.errors import RecipeError
+from vol_transfer.transfer.freezing_spec import FreezingSpec, parse_freezing_spec
 from vol_transfer.transfer.groups import LayerGroups, check_group_names, group_modules, group_parameters, layer_groups_of
 
 BN_POLICIES = ("update", "freeze")
@@ -154,22 +168,15 @@ class FreezingSchedule:
     @classmethod
     def freeze_first(cls, k: int, groups: GroupsLike, bn_policy: str = DEFAULT_BN_POLICY) -> "FreezingSchedule":
         """The first ``k`` groups frozen for the whole run (the study's models 1–5)."""
-        names = group_names(groups)
-        if not 0 <= k <= len(names):
-            raise RecipeError("freezing.k", f"k={k} is outside 0..{len(names)}", f"choose k between 0 and {len(names)}")
-        return cls([(0, tuple(names[:k]))], bn_policy, _patterns(groups))
+        return cls.from_spec({"kind": "freeze_first", "k": k, "bn_policy": bn_policy}, groups)
 
     @classmethod
     def warmup(
         cls, iterations: int, groups: GroupsLike, head: Sequence[str] | None = None, bn_policy: str = DEFAULT_BN_POLICY
     ) -> "FreezingSchedule":
         """Train only the head (default: the last group) for ``iterations``, then everything."""
-        names = group_names(groups)
-        head = list(head) if head is not None else names[-1:]
-        if iterations < 1:
-            raise RecipeError("freezing.iterations", f"warm-up of {iterations} iterations", "use at least 1")
-        body = tuple(name for name in names if name not in head)
-        return cls([(0, body), (int(iterations), ())], bn_policy, _patterns(groups))
+        spec = {"kind": "warmup", "iterations": iterations, "head": None if head is None else list(head)}
+        return cls.from_spec({**spec, "bn_policy": bn_policy}, groups)
 
     @classmethod
     def gradual(
@@ -177,12 +184,8 @@ class FreezingSchedule:
     ) -> "FreezingSchedule":
         """Gradual unfreezing: start with the first ``start_frozen`` groups frozen (default: all but
         the head) and unfreeze one more group, from the top down, every ``every`` iterations."""
-        names = group_names(groups)
-        k = len(names) - 1 if start_frozen is None else start_frozen
-        if every < 1 or not 0 <= k <= len(names):
-            raise RecipeError("freezing", f"gradual unfreezing with every={every}, start_frozen={k}", "use every ≥ 1 and 0 ≤ start_frozen ≤ groups")
-        phases = [(step * every, tuple(names[: k - step])) for step in range(k + 1)]
-        return cls(phases, bn_policy, _patterns(groups))
+        return cls.from_spec({"kind": "gradual", "every": every, "start_frozen": start_frozen, "bn_policy": bn_policy},
+                             groups)
 
     @classmethod
     def at_iterations(
@@ -193,40 +196,20 @@ class FreezingSchedule:
                    _patterns(groups) if groups is not None else None)
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any] | None, groups: GroupsLike) -> "FreezingSchedule":
-        """From a recipe dict: ``{"kind": "none" | "freeze_first" | "warmup" | "gradual" | "phases", ...}``.
+    def from_spec(cls, spec: FreezingSpec | Mapping[str, Any] | None, groups: GroupsLike,
+                  where: str = "freezing") -> "FreezingSchedule":
+        """From a typed spec (:mod:`vol_transfer.transfer.freezing_spec`) or a recipe mapping
+        ``{"kind": "none" | "freeze_first" | "warmup" | "gradual" | "phases", ...}`` read through the
+        same types; ``None`` freezes nothing. Group names and counts are checked against ``groups``.
 
         Keys per kind: freeze_first ``k``; warmup ``iterations`` (+ ``head``); gradual ``every``
         (+ ``start_frozen``); phases ``phases`` ({iteration: [groups]} or [[iteration, [groups]], ...]).
         Every kind takes ``bn_policy`` (default ``"update"``).
         """
-        spec = dict(spec or {"kind": "none"})
-        kind = spec.pop("kind", "phases" if "phases" in spec else None)
-        bn_policy = spec.pop("bn_policy", DEFAULT_BN_POLICY)
-        allowed = {"none": set(), "freeze_first": {"k"}, "warmup": {"iterations", "head"},
-                   "gradual": {"every", "start_frozen"}, "phases": {"phases"}}
-        if kind not in allowed:
-            raise RecipeError("freezing.kind", f"unknown schedule kind {kind!r}", f"use one of {list(allowed)}")
-        unknown = sorted(set(spec) - allowed[kind])
-        if unknown:
-            raise RecipeError(f"freezing.{unknown[0]}", f"not an option of kind {kind!r}", f"use only {sorted(allowed[kind])}")
-        try:
-            if kind == "none":
-                return cls([(0, ())], bn_policy, _patterns(groups))
-            if kind == "freeze_first":
-                return cls.freeze_first(int(spec["k"]), groups, bn_policy)
-            if kind == "warmup":
-                return cls.warmup(int(spec["iterations"]), groups, spec.get("head"), bn_policy)
-            if kind == "gradual":
-                start = spec.get("start_frozen")
-                return cls.gradual(int(spec["every"]), groups, None if start is None else int(start), bn_policy)
-            phases = spec["phases"]
-            items = phases.items() if isinstance(phases, Mapping) else phases
-            return cls([(int(start), tuple(frozen)) for start, frozen in items], bn_policy, _patterns(groups))
-        except KeyError as error:
-            raise RecipeError(f"freezing.{error.args[0]}", "is missing", f"add it for kind {kind!r}") from error
-        except (TypeError, ValueError) as error:
-            raise RecipeError("freezing", f"invalid value ({error})", "check the schedule's numbers and group lists") from error
+        typed = parse_freezing_spec(spec, where)
+        names = group_names(groups)
+        typed.check_groups(names, where)
+        return cls(typed.phases_for(names), typed.bn_policy, _patterns(groups))
 
     def to_spec(self) -> dict[str, Any]:
         """JSON-serialisable canonical form (``kind: phases``); ``from_spec`` reads it back."""

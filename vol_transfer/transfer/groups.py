@@ -4,8 +4,9 @@ The same map drives freezing, discriminative learning rates, head replacement an
 table (the idea of timm's ``group_matcher``). Patterns are shell-style globs matched against the
 full parameter/buffer name (``fnmatch``); the first group whose pattern matches wins.
 
-A model declares its groups with a ``layer_groups`` attribute (HighRes3DNet does); otherwise every
-top-level child is a group of its own.
+A model declares its groups with a ``layer_groups`` attribute (HighRes3DNet does, with
+:data:`vol_transfer.nets.highres3dnet.HIGHRES3DNET_GROUPS`); otherwise every top-level child is
+a group of its own.
 
 Example:
     >>> from vol_transfer.nets import build_network
@@ -28,11 +29,6 @@ from torch import nn
 from vol_transfer.errors import RecipeError
 
 LayerGroups = Mapping[str, Sequence[str]]
-
-HIGHRES3DNET_GROUPS: dict[str, tuple[str, ...]] = {
-    name: (f"{name}.*",) for name in ("conv_0", "res_1", "res_2", "res_3", "conv_1", "conv_2")
-}
-
 
 def layer_groups_of(model: nn.Module, groups: LayerGroups | None = None) -> "OrderedDict[str, tuple[str, ...]]":
     """The group map to use for ``model``: ``groups`` if given, else ``model.layer_groups``, else
@@ -172,7 +168,6 @@ def head_group(model: nn.Module, groups: LayerGroups | None = None) -> str:
 
 __all__ = [
     "LayerGroups",
-    "HIGHRES3DNET_GROUPS",
     "layer_groups_of",
     "group_of",
     "assign_names",

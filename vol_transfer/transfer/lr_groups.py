@@ -1,9 +1,11 @@
 """Optimizer parameter groups per layer group: discriminative learning rates, frozen parameters left out.
 
 Example (Adam 1e-3, every earlier group at a third of the next one's rate):
-    >>> optimizer = make_optimizer(net, "adam", lr=1e-3, weight_decay=1e-5, decay=1 / 3)  # doctest: +SKIP
-    >>> [round(g["lr"], 6) for g in optimizer.param_groups]                                # doctest: +SKIP
-    [4.1e-06, 1.23e-05, 3.7e-05, 0.000111, 0.000333, 0.001]
+    >>> from vol_transfer.nets import build_network
+    >>> net = build_network({"name": "highres3dnet", "in_channels": 1, "num_classes": 2})
+    >>> optimizer = make_optimizer(net, "adam", lr=1e-3, weight_decay=1e-5, decay=1 / 3)
+    >>> [float(f"{g['lr']:.3g}") for g in optimizer.param_groups]
+    [4.12e-06, 1.23e-05, 3.7e-05, 0.000111, 0.000333, 0.001]
 
 Frozen parameters (``requires_grad=False``) are not given to the optimizer, so they get neither
 updates nor weight decay. When a :class:`~vol_transfer.transfer.freezing.FreezingSchedule` changes
