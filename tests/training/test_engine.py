@@ -182,3 +182,25 @@ def test_image_batches_are_a_pure_function_of_the_batch_number():
         assert torch.equal(batch["image"], other["image"]) and torch.equal(batch["label"], other["label"])
     first_epoch = torch.cat([b["label"] for b in expected[:straight.per_epoch]])
     assert straight.per_epoch == 7 and abs(float(first_epoch.float().mean()) - 0.5) <= 0.1  # balanced
+
+
+def test_fp16_scales_the_loss_and_keeps_the_scaler_in_last_pt(tmp_path):
+    """The fp16 path (GPUs without bf16, e.g. the study's V100) runs here through CPU autocast."""
+    task = _regression_task(lambda model: ValidationResult({"val/score": 0.0}))
+    initial = task.model.weight.detach().clone()
+    summary = Trainer(task, EngineSettings(iterations=4, precision="fp16", validate_every=2, checkpoint_every=2,
+                                           grad_clip=1.0, progress=False), tmp_path).run()
+    assert summary["precision"] == "fp16"
+    scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt").extra["grad_scaler"]
+    # 9 × 2^16 overflows fp16: the scaler skips those steps and halves its scale until one fits
+    assert 0 < scaler["scale"] < 2.0**16 and scaler["_growth_tracker"] >= 1
+    assert not torch.equal(task.model.weight.detach(), initial)  # the step that fitted was taken
+
+
+def test_auto_precision_and_layout_follow_the_device():
+    from vol_transfer.training.accelerator import resolve_channels_last, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("fp16", cpu) == "fp16"
+    assert resolve_channels_last("auto", cpu) is True and resolve_channels_last("auto", torch.device("cuda")) is False
+    assert resolve_channels_last(False, cpu) is False

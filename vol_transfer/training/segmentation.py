@@ -25,6 +25,7 @@ import torch
 from vol_transfer.errors import RecipeError
 from vol_transfer.evaluation.metrics import dice_per_class, mean_dice
 from vol_transfer.recipes import config_to_dict, register_task
+from vol_transfer.training.accelerator import configure_backends, pin_memory, resolve_channels_last
 from vol_transfer.training.distributed import DistInfo, all_reduce_sum
 from vol_transfer.training.engine import (
     EngineSettings,
@@ -206,6 +207,8 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
     if training.threads:
         torch.set_num_threads(training.threads)
     seed_everything(training.seed + info.rank, training.deterministic)
+    configure_backends(info.device, training.deterministic)
+    channels_last = resolve_channels_last(training.channels_last, info.device)
 
     root = resolve_data_root(data_root or config.data.data_root)
     manifest = read_manifest(config.data.manifest, data_root=root)
@@ -226,7 +229,7 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
     model = build_network(architecture)
     report = transfer_from_source(model, config) if config.transfer.source is not None and not resume else None
     model = model.to(info.device)
-    if training.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
 
     loss_fn = build_loss(config.loss.kind, num_classes, config.loss.class_weights, config.loss.include_background)
@@ -251,16 +254,16 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
         return loss_fn(net(batch["image"].float()), batch["label"].long(), batch.get("valid"))  # int16 on the way
 
     task = TrainingTask(
-        model=model, batches=make_batches(train_cases, config, info.rank), loss=loss,
+        model=model, batches=make_batches(train_cases, config, info.rank, pin_memory(info.device)), loss=loss,
         validate=WholeVolumeValidator(val_cases, classes, loss_fn, config.validation.window,
-                                      config.validation.overlap, info, training.channels_last),
+                                      config.validation.overlap, info, channels_last),
         make_optimizer=make_optimizer_factory(config), schedule=schedule, metadata=metadata,
         selection=Selection("val/dice_mean", "max"), freezing=make_freezing(config, model),
         batch_size=training.batch_size,
     )
     settings = EngineSettings(
         iterations=training.iterations, accumulate=training.accumulate, precision=training.precision,
-        channels_last=training.channels_last, validate_every=config.validation.every,
+        channels_last=channels_last, validate_every=config.validation.every,
         checkpoint_every=config.checkpoint.every, log_every=training.log_every,
         patience=config.validation.patience, min_delta=config.validation.min_delta,
         grad_clip=config.optim.grad_clip, sync_batchnorm=training.sync_batchnorm,

@@ -138,8 +138,10 @@ class TrainingSection:
     batch_size: int = option(2, ge=1)
     accumulate: int = option(1, ge=1)  # micro-batches per optimizer step
     window: tuple[int, int, int] = option((96, 96, 96), ge=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = True  # channels_last_3d: 2-5x faster dilated 3D convs on CPU (oneDNN), fine on CUDA
+    # auto: bf16 on GPUs that have it, fp16 + gradient scaler on those that do not, fp32 on CPU (training/accelerator.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # channels_last_3d: auto = on for CPU (2-5x faster dilated 3D convs through oneDNN), off for CUDA
+    channels_last: Union[bool, Literal["auto"]] = "auto"
     seed: int = 0
     deterministic: bool = True
     sync_batchnorm: bool = False  # SyncBatchNorm across DDP processes (CUDA only; the study's batch is 2 per GPU)

@@ -90,7 +90,8 @@ class LoaderBatches:
         self._iterator = None
 
 
-def make_batches(cases: Sequence[PreparedCase], config: SegmentationConfig, rank: int = 0) -> LoaderBatches:
+def make_batches(cases: Sequence[PreparedCase], config: SegmentationConfig, rank: int = 0,
+                 pin_memory: bool = False) -> LoaderBatches:
     """Class-weighted, augmented windows from the in-memory training cases (seed offset per DDP rank)."""
     from vol_transfer.sampling.augment import Augmentation
     from vol_transfer.sampling.balanced import BalancedSampler
@@ -115,7 +116,7 @@ def make_batches(cases: Sequence[PreparedCase], config: SegmentationConfig, rank
                          patches_per_volume=sampler_cfg.patches_per_volume,
                          volumes_per_block=sampler_cfg.volumes_per_block, augmentation=augmentation,
                          seed=training.seed + 100_003 * rank, num_workers=sampler_cfg.workers, padding_label=-1,
-                         worker_transport=sampler_cfg.worker_transport)
+                         worker_transport=sampler_cfg.worker_transport, pin_memory=pin_memory)
     return LoaderBatches(loader)
 
 
