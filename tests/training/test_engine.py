@@ -204,3 +204,13 @@ def test_auto_precision_and_layout_follow_the_device():
     assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("fp16", cpu) == "fp16"
     assert resolve_channels_last("auto", cpu) is True and resolve_channels_last("auto", torch.device("cuda")) is False
     assert resolve_channels_last(False, cpu) is False
+
+
+def test_selection_last_keeps_the_final_weights_whatever_the_validation_says(tmp_path):
+    scores = iter([0.9, 0.2, 0.1])
+    task = _regression_task(lambda model: ValidationResult({"val/score": next(scores)}))
+    task.selection = Selection("val/score", "last")
+    summary = Trainer(task, EngineSettings(iterations=6, validate_every=2, checkpoint_every=2, progress=False),
+                      tmp_path).run()
+    assert summary["selection"]["iteration"] == 6 and summary["selection"]["value"] == 0.1
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt").metadata["iteration"] == 6

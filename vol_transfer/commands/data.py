@@ -29,12 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=run_check)
 
     write = actions.add_parser("manifest", help="write a manifest from a standard dataset layout with a seeded patient-level split")
-    write.add_argument("folder", help="dataset folder (msd: has imagesTr/; brats: case folders; folders: DIR/<class>/<image>)")
-    write.add_argument("--layout", required=True, choices=("msd", "brats", "folders"))
+    write.add_argument("folder", help="dataset folder (msd: has imagesTr/; brats: case folders; folders: DIR/<class>/<image>; nnunet: DatasetXXX_Name/)")
+    write.add_argument("--layout", required=True, choices=("msd", "brats", "folders", "nnunet"))
     write.add_argument("--out", required=True, help="manifest CSV to write")
     write.add_argument("--data-root", help="write paths relative to this folder (default: $VOL_TRANSFER_DATA or ../shared/data)")
     write.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     write.add_argument("--fractions", default="0.7,0.15,0.15", help="train,validation[,test] fractions (default 0.7,0.15,0.15)")
+    write.add_argument("--folds", type=int, default=None, metavar="K",
+                       help="patient-level K-fold cross-validation over the train+validation cases (a 'fold' column; "
+                            "a recipe's data.fold: k validates on fold k)")
     write.add_argument("--labels", default=None, help="declared label values, e.g. 0,1,2 or 0-4 (default: scanned from the label files)")
     write.add_argument("--label-names", default=None, help="names of the label values in order, e.g. background,anterior,posterior")
     write.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -69,7 +72,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_manifest(args: argparse.Namespace) -> int:
     from vol_transfer.io.data_root import resolve_data_root
-    from vol_transfer.io.layouts import assign_splits, parse_fractions, scan_layout, write_manifest
+    from vol_transfer.io.layouts import assign_folds, assign_splits, parse_fractions, scan_layout, write_manifest
     from vol_transfer.io.manifest import SPLITS, parse_label_values
 
     fractions = parse_fractions(args.fractions)
@@ -84,6 +87,8 @@ def run_manifest(args: argparse.Namespace) -> int:
     if args.label_names:
         draft.metadata["label_names"] = args.label_names
     assign_splits(draft, fractions, seed=args.seed)
+    if args.folds is not None:
+        assign_folds(draft, args.folds, seed=args.seed)
     out = write_manifest(draft, args.out, data_root=data_root, overwrite=args.overwrite)
     found = Counter(r.split for r in draft.rows)
     counts = {s: found[s] for s in SPLITS if found[s]}

@@ -9,6 +9,10 @@ Layouts:
                  ``OTMultiClass*``; BraTS 2020 ``*_flair``/``*_t1ce``/``*_seg``; BraTS 2023
                  ``*-t2f``/``*-t1c``/``*-t1n``/``*-t2w``/``*-seg``). Channels are named flair, t1, t1c,
                  t2. Cases under ``train/``, ``validation/``, ``test/`` keep that split.
+    ``nnunet``   nnU-Net v2 raw: ``imagesTr/<case>_0000.nii.gz`` …, ``channel_names``/``labels`` from
+                 ``dataset.json``, ``splits_final.json`` folds → ``fold`` column (:mod:`vol_transfer.io.nnunet`).
+                 ``msd`` reads ``dataset.json``'s ``training``/``test`` lists when it has them
+                 (:mod:`vol_transfer.io.decathlon`).
     ``folders``  classification: ``DIR/<class>/<image>``; the patient id is parsed from the file
                  name (``person1234_bacteria_1.jpeg`` → ``person1234``, ``NORMAL2-IM-0123-0001.jpeg``
                  → ``NORMAL2-IM-0123``) so all images of one patient land in one split.
@@ -43,7 +47,7 @@ from vol_transfer.io.case import canonical_channel, label_array
 from vol_transfer.io.manifest import SPLITS
 from vol_transfer.io.volumes import NIFTI_SUFFIXES, load_volume
 
-LAYOUTS = ("msd", "brats", "folders")
+LAYOUTS = ("msd", "brats", "folders", "nnunet")
 BRATS_CHANNEL_ORDER = ("flair", "t1", "t1c", "t2")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".bmp", ".tif", ".tiff")
 SPLIT_FOLDERS = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
@@ -58,6 +62,7 @@ class DraftRow:
     patient_id: str = ""
     split: str | None = None
     stratum: str = ""
+    fold: int | None = None
 
 
 @dataclass
@@ -248,7 +253,10 @@ def scan_layout(layout: str, folder: PathLike, label_values: Sequence[int] | Non
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(folder, "folder not found", "check the dataset path")
-    scanners = {"msd": scan_msd, "brats": scan_brats, "folders": scan_folders}
+    from vol_transfer.io.decathlon import scan_decathlon  # both build on this module's drafts
+    from vol_transfer.io.nnunet import scan_nnunet
+
+    scanners = {"msd": scan_decathlon, "brats": scan_brats, "folders": scan_folders, "nnunet": scan_nnunet}
     if layout not in scanners:
         raise InputDataError(layout, "unknown layout", f"use one of {', '.join(LAYOUTS)}")
     draft = scanners[layout](folder)
@@ -298,6 +306,35 @@ def assign_splits(draft: ManifestDraft, fractions: Sequence[float] = (0.7, 0.15,
                 row.split = split
 
 
+def assign_folds(draft: ManifestDraft, folds: int, seed: int = 0) -> None:
+    """Patient-level k-fold cross-validation over the rows in ``train`` or ``validation``.
+
+    Those rows become split ``train`` with a ``fold`` in 0…K-1: whole patients, dealt round-robin
+    after a seeded shuffle per stratum, so fold sizes differ by at most one patient per stratum.
+    A recipe's ``data.fold: k`` then trains on the other folds and validates on fold k; ``test``
+    rows stay outside every fold.
+    """
+    if folds < 2:
+        raise ManifestError("--folds", [f"{folds} fold(s)"], "use at least 2 folds")
+    patients: dict[str, list[DraftRow]] = defaultdict(list)
+    for row in draft.rows:
+        if row.split in ("train", "validation"):
+            patients[row.patient_id or row.subject_id].append(row)
+    if len(patients) < folds:
+        raise ManifestError("--folds", [f"{folds} folds for {len(patients)} patients"], "use fewer folds")
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient, rows in patients.items():
+        strata[Counter(r.stratum for r in rows).most_common(1)[0][0]].append(patient)
+    rng = np.random.default_rng(seed)
+    position = 0
+    for stratum in sorted(strata):
+        ids = sorted(strata[stratum])
+        for index in rng.permutation(len(ids)):
+            for row in patients[ids[index]]:
+                row.split, row.fold = "train", position % folds
+            position += 1
+
+
 # ---------------------------------------------------------------------------------------- write
 
 
@@ -325,8 +362,9 @@ def format_manifest(draft: ManifestDraft, data_root: PathLike | None = None) -> 
     lines = [f"# {key}: {value}" for key, value in metadata.items()]
     with_patients = any(r.patient_id and r.patient_id != r.subject_id for r in draft.rows)
     with_labels = any(r.label is not None for r in draft.rows)
-    header = ["subject_id", "split", *(["patient_id"] if with_patients else []), *draft.channel_names,
-              *(["label"] if with_labels else [])]
+    with_folds = any(r.fold is not None for r in draft.rows)
+    header = ["subject_id", "split", *(["patient_id"] if with_patients else []), *(["fold"] if with_folds else []),
+              *draft.channel_names, *(["label"] if with_labels else [])]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -334,6 +372,7 @@ def format_manifest(draft: ManifestDraft, data_root: PathLike | None = None) -> 
     for row in sorted(draft.rows, key=lambda r: (order[r.split], r.subject_id)):  # type: ignore[index]
         writer.writerow([
             row.subject_id, row.split, *([row.patient_id] if with_patients else []),
+            *([("" if row.fold is None else str(row.fold))] if with_folds else []),
             *(_cell(row.channels[c], root) for c in draft.channel_names),
             *([_cell(row.label, root)] if with_labels else []),
         ])

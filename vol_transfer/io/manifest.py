@@ -14,6 +14,8 @@ Format (paths relative to the data root; ``#`` lines before the header declare f
 - A channel cell is an image file (NIfTI/MHA/NRRD) or a DICOM series folder. A cell may be a
   4-D file holding several channels (the MSD Task01 layout): ``# volumes: image=flair,t1,t1c,t2``
   names its volumes, else they are ``image_0 … image_3`` (see :mod:`vol_transfer.io.case`).
+- Relative paths stay inside the data root: ``../x.nii.gz`` climbing out of it is refused unless
+  the manifest declares ``# allow_outside_data_root: yes`` (absolute paths are taken as written).
 - ``# labels:`` declares the allowed label values (``0,1,2`` or ranges ``0-117``); required when a
   segmentation manifest has a label column. ``# kind: classification`` manifests instead declare
   ``# classes: NORMAL,PNEUMONIA`` and their label cell is the class name.
@@ -47,8 +49,10 @@ from vol_transfer.io.volumes import Volume, check_same_grid, load_volume
 
 SPLITS = ("train", "validation", "test", "unlabelled")
 KINDS = ("segmentation", "classification")
-RESERVED_COLUMNS = ("subject_id", "split", "patient_id", "label")
-METADATA_KEYS = ("kind", "labels", "label_names", "classes", "volumes", "dataset", "description")
+RESERVED_COLUMNS = ("subject_id", "split", "patient_id", "fold", "label")
+METADATA_KEYS = ("kind", "labels", "label_names", "classes", "volumes", "dataset", "description",
+                 "allow_outside_data_root")
+OUTSIDE_ROOT_OPTION = "# allow_outside_data_root: yes"
 FIX = "edit the listed manifest rows (paths are relative to --data-root / $VOL_TRANSFER_DATA)"
 
 
@@ -66,6 +70,7 @@ class Subject:
         volume_names: channel names of the volumes of 4-D files (column → names), from ``# volumes:``.
         label_values: the declared label values (``# labels:``), or None.
         manifest: the manifest file (for messages).
+        fold: the cross-validation fold (``fold`` column, 0…K-1), or None.
     """
 
     subject_id: str
@@ -77,6 +82,7 @@ class Subject:
     volume_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     label_values: tuple[int, ...] | None = None
     manifest: Path | None = None
+    fold: int | None = None
 
     def __post_init__(self) -> None:
         if not self.patient_id:
@@ -158,6 +164,17 @@ def _resolve(cell: str, data_root: Path) -> Path:
     return path if path.is_absolute() else data_root / path
 
 
+def _escapes_root(cell: str) -> bool:
+    """True for a relative path that climbs out of the data root (``../x``, ``a/../../x``)."""
+    path = os.path.expanduser(cell)
+    return not os.path.isabs(path) and Path(os.path.normpath(path)).parts[:1] == ("..",)
+
+
+def _outside_root(where: str, what: str, cell: str, root: Path) -> str:
+    return (f"{where}: {what} path {cell} leads outside the data root {root} (refused, so a manifest cannot read "
+            f"files elsewhere by accident; to allow it, declare '{OUTSIDE_ROOT_OPTION}' above the header)")
+
+
 def _read_declarations(lines: list[str]) -> tuple[dict[str, str], int, list[str]]:
     """The ``# key: value`` lines before the header → (declarations, index of the header line, problems)."""
     metadata: dict[str, str] = {}
@@ -235,6 +252,7 @@ def read_manifest(path: PathLike, data_root: PathLike | None = None) -> Manifest
             clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & (set(channel_names) - {column})))
             if clash:
                 problems.append(f"'# volumes:' channel name(s) {clash} of {column!r} occur twice")
+    outside_allowed = metadata.get("allow_outside_data_root", "no").strip().lower() in ("yes", "true", "1")
     if has_label_column and kind == "segmentation" and label_values is None and "labels" not in metadata:
         problems.append("the manifest has a label column but no '# labels: 0,1,...' declaration of allowed values")
     if has_label_column and kind == "classification" and not classes:
@@ -267,6 +285,9 @@ def read_manifest(path: PathLike, data_root: PathLike | None = None) -> Manifest
             if not cells[name]:
                 problems.append(f"{where}: empty '{name}' cell")
                 continue
+            if not outside_allowed and _escapes_root(cells[name]):
+                problems.append(_outside_root(where, name, cells[name], root))
+                continue
             channel_path = _resolve(cells[name], root)
             if not channel_path.exists():
                 problems.append(f"{where}: {name} file {cells[name]} not found")
@@ -280,18 +301,27 @@ def read_manifest(path: PathLike, data_root: PathLike | None = None) -> Manifest
                 elif cell and classes and cell not in classes:
                     problems.append(f"{where}: class {cell!r} is not declared (classes: {', '.join(classes)})")
                 label = cell or None
+            elif cell and not outside_allowed and _escapes_root(cell):
+                problems.append(_outside_root(where, "label", cell, root))
             elif cell:
                 label = _resolve(cell, root)
                 if not label.exists():
                     problems.append(f"{where}: label file {cell} not found")
             elif split != "unlabelled":
                 problems.append(f"{where}: empty label cell (leave labels out only in the 'unlabelled' split)")
+        fold: int | None = None
+        if cells.get("fold", ""):
+            try:
+                fold = int(cells["fold"])
+            except ValueError:
+                problems.append(f"{where}: fold {cells['fold']!r} is not a whole number (use 0, 1, …)")
         patient_id = cells.get("patient_id", "") or subject_id
         if "patient_id" in header and patient_id in patient_split and patient_split[patient_id][0] != split:
             first_split, first_line = patient_split[patient_id]
             problems.append(f"{where}: patient {patient_id} is in split {split!r} here but {first_split!r} on line {first_line}")
         patient_split.setdefault(patient_id, (split, line))
-        subjects.append(Subject(subject_id, split, channels, label, patient_id, line, volume_names, label_values, path))
+        subjects.append(Subject(subject_id, split, channels, label, patient_id, line, volume_names, label_values, path,
+                                fold))
 
     if not subjects and not problems:
         problems.append("no subjects listed")

@@ -55,6 +55,9 @@ class StudyConfig:
     recipe: Path  # the target (fine-tuning) recipe every arm starts from
     arms: list[Union[str, CustomArm]] = option(list(DEFAULT_ABLATION_ARMS), min_len=1)
     seeds: list[int] = option([0], min_len=1)
+    # cross-validation: every arm is trained once per fold (data.fold=k), for a fixed budget (validation.select=last),
+    # and scored on its held-out fold; the pooled held-out Dice covers every case of the manifest's folds
+    folds: Optional[list[int]] = option(None, ge=0, min_len=2)
     subsets: Optional[list[Union[float, Literal["all"]]]] = option(None, gt=0, min_len=1)  # counts ≥ 1, fractions < 1, "all"
     subset_seed: int = 0
     set: list[str] = option(default_factory=list)  # overrides applied to every arm
@@ -114,10 +117,12 @@ class Arm:
     run_dir: Path
     subset: str = ""
     subset_size: int = 0
+    fold: int | None = None
 
     @property
     def label(self) -> str:
-        return "/".join(p for p in (self.subset, self.name, f"seed{self.seed}") if p)
+        fold = f"fold{self.fold}" if self.fold is not None else ""
+        return "/".join(p for p in (self.subset, self.name, f"seed{self.seed}", fold) if p)
 
     def command(self, recipe: Path, data_root: Path | None = None) -> list[str]:
         """The standalone ``vol-transfer train`` command line of this arm (resumes if interrupted)."""
@@ -201,11 +206,15 @@ def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_s
     for subset_name, subset_manifest, ids in subsets:
         for name, overrides in _arm_list(config):
             for seed in config.seeds:
-                extra = [f"training.seed={seed}"]
-                if subset_manifest is not None:
-                    extra.append(f"data.manifest={subset_manifest}")
-                run_dir = folder / "arms" / "_".join(p for p in (subset_name, name, f"seed{seed}") if p)
-                plan.arms.append(Arm(name, seed, base + overrides + extra, run_dir, subset_name, len(ids)))
+                for fold in config.folds or [None]:
+                    extra = [f"training.seed={seed}"]
+                    if subset_manifest is not None:
+                        extra.append(f"data.manifest={subset_manifest}")
+                    if fold is not None:
+                        extra += [f"data.fold={fold}", "validation.select=last", "validation.patience=null"]
+                    parts = (subset_name, name, f"seed{seed}", f"fold{fold}" if fold is not None else "")
+                    run_dir = folder / "arms" / "_".join(p for p in parts if p)
+                    plan.arms.append(Arm(name, seed, base + overrides + extra, run_dir, subset_name, len(ids), fold))
     return plan
 
 

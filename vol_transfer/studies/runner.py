@@ -26,6 +26,7 @@ from typing import Sequence
 from vol_transfer.errors import InputDataError, RecipeError
 from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.recipes import resolve_recipe
+from vol_transfer.studies.cross_validation import HELD_OUT, comparison_table, pool_folds
 from vol_transfer.studies.plan import Arm, StudyConfig, StudyPlan, plan_study, shell_line
 from vol_transfer.studies.report import write_report
 from vol_transfer.studies.results import ArmResult, CurvePoint
@@ -213,14 +214,17 @@ def run_study(
                 failed[0].run_dir / "train.log", f"{len(failed)} arm(s) failed ({', '.join(a.label for a in failed)})",
                 "read the log, fix the cause and rerun the study: finished arms are kept",
             )
-    results = []
+    results, folds = [], []
+    # a cross-validated arm is scored on its held-out fold only (its validation split)
+    splits = [HELD_OUT] if config.folds else config.evaluate_splits
     for arm in plan.arms:
         if not is_finished(arm):
             echo(f"{arm.label}: not finished, left out of the report")
             continue
-        echo(f"evaluating {arm.label} on {', '.join(config.evaluate_splits)}")
+        echo(f"evaluating {arm.label} on {', '.join(splits)}")
         arm_manifest = next((Path(o.split("=", 1)[1]) for o in arm.overrides if o.startswith("data.manifest=")), manifest)
-        results.append(collect_arm(arm, evaluate_arm(arm, arm_manifest, evaluation_root, config.evaluate_splits)))
+        results.append(collect_arm(arm, evaluate_arm(arm, arm_manifest, evaluation_root, splits)))
+        folds.append(arm.fold)
     if not results:
         raise InputDataError(folder, "no finished arm to report", "train the arms first (drop --report-only)")
     title = config.title or ("Layer-freezing ablation" if config.kind == "freeze_ablation" else "Training-set-size study")
@@ -228,6 +232,13 @@ def run_study(
         f"Target recipe `{config.recipe}`; seeds {config.seeds}; evaluation of each arm's best checkpoint "
         f"(validation Dice) on {', '.join(config.evaluate_splits)}. Arm commands: `commands.sh`."
     )
+    if config.folds:
+        results = pool_folds(results, folds)
+        notes = (f"Target recipe `{config.recipe}`; seeds {config.seeds}; {len(config.folds)}-fold patient-level "
+                 "cross-validation: each arm trained once per fold for a fixed budget (the final weights, nothing "
+                 "chosen on the held-out cases) and scored on its held-out fold; 'test' below is the pooled "
+                 f"held-out Dice of every case. Arm commands: `commands.sh`.\n\n## Held-out Dice, paired with scratch\n\n"
+                 + comparison_table(results))
     reference = STUDY_ABLATION_TABLE if config.kind == "freeze_ablation" else STUDY_SIZE_TABLE
     report = write_report(results, folder, title=title, kind=config.kind, threshold=config.threshold, notes=notes,
                           reference_table=reference)

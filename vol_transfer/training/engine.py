@@ -80,9 +80,11 @@ class Selection:
     """Which validation metric selects ``best.pt`` (and drives early stopping), and its direction."""
 
     metric: str = "val/dice_mean"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min", "last"] = "max"  # last: every validation is the new "best" (a fixed budget)
 
     def better(self, value: float, best: float, min_delta: float = 0.0) -> bool:
+        if self.mode == "last":
+            return True
         if math.isnan(value):
             return False  # a NaN never wins
         if math.isnan(best):

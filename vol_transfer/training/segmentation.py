@@ -258,7 +258,7 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
         validate=WholeVolumeValidator(val_cases, classes, loss_fn, config.validation.window,
                                       config.validation.overlap, info, channels_last),
         make_optimizer=make_optimizer_factory(config), schedule=schedule, metadata=metadata,
-        selection=Selection("val/dice_mean", "max"), freezing=make_freezing(config, model),
+        selection=Selection("val/dice_mean", "last" if config.validation.select == "last" else "max"), freezing=make_freezing(config, model),
         batch_size=training.batch_size,
     )
     settings = EngineSettings(

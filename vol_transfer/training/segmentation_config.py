@@ -33,6 +33,8 @@ class DataSection:
     validation_split: str = "validation"
     train_subjects: Optional[int] = option(None, ge=1)  # the first N training cases (nested subsets)
     validation_subjects: Optional[int] = option(None, ge=1)
+    # cross-validation: validate on this fold of the training split and train on the others
+    fold: Optional[int] = option(None, ge=0)
 
 
 @dataclass
@@ -157,6 +159,15 @@ class ValidationSection:
     overlap: float = option(0.25, ge=0, lt=1)
     patience: Optional[int] = option(None, ge=1)  # validations without improvement before stopping
     min_delta: float = option(0.0, ge=0)
+    # best: best.pt is the best validation Dice; last: the final weights (a fixed budget, nothing chosen on the
+    # validation cases — use it when they are a held-out cross-validation fold that will be reported)
+    select: Literal["best", "last"] = "best"
+
+    def validate(self, where: str) -> None:
+        if self.select == "last" and self.patience is not None:
+            raise RecipeError(f"{where}.patience" if where else "patience",
+                              "early stopping chooses on the validation cases, which select: last keeps unseen",
+                              "set validation.patience: null, or validation.select: best")
 
 
 @dataclass

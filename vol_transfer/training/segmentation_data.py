@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vol_transfer.errors import InputDataError
+from vol_transfer.errors import InputDataError, RecipeError
 from vol_transfer.training.segmentation_config import SegmentationConfig
 
 
@@ -20,6 +20,23 @@ class PreparedCase:
     image: np.ndarray  # (C, X, Y, Z) float32
     label: np.ndarray  # (X, Y, Z) int16
     channels: tuple[str, ...] = ()  # the image's channel names, in order (stored in the checkpoint)
+
+
+def split_subjects(manifest: Any, data: Any, split: str) -> list[Any]:
+    """The subjects of ``split``; with ``data.fold = k`` the validation split is fold k of the
+    training split and the training split its other folds (patient-level cross-validation)."""
+    if data.fold is None:
+        return manifest.subjects(split)
+    pool = manifest.subjects(data.train_split)
+    folds = sorted({s.fold for s in pool if s.fold is not None})
+    if not pool or any(s.fold is None for s in pool):
+        raise InputDataError(manifest.path, f"has no fold for every {data.train_split!r} case (data.fold: {data.fold})",
+                             "write the folds with vol-transfer data manifest --folds K, or drop data.fold")
+    if data.fold not in folds:
+        raise RecipeError("data.fold", f"fold {data.fold} is not in {manifest.path.name} (folds {folds})",
+                          f"choose one of {folds}")
+    held_out = split == data.validation_split
+    return [s for s in pool if (s.fold == data.fold) == held_out]
 
 
 def load_cases(config: SegmentationConfig, split: str, limit: int | None, manifest: Any,
@@ -34,7 +51,7 @@ def load_cases(config: SegmentationConfig, split: str, limit: int | None, manife
     from vol_transfer.io.case import label_array, load_case
     from vol_transfer.preprocessing.labels import remap_labels
 
-    subjects = manifest.subjects(split)
+    subjects = split_subjects(manifest, config.data, split)
     if limit is not None:
         subjects = subjects[:limit]
     if not subjects:

@@ -108,14 +108,19 @@ def _is_input_channel_mismatch(source: torch.Tensor, target: torch.Tensor) -> bo
 
 
 def _from_monai_if_needed(model: nn.Module, source: Mapping[str, torch.Tensor], where: str) -> Mapping[str, torch.Tensor]:
-    """Rename a MONAI HighResNet state dict (``blocks.N...``) when the target is our HighRes3DNet."""
+    """Rename a foreign HighRes3DNet state dict when the target is our HighRes3DNet: MONAI's
+    HighResNet (``blocks.N…``) or the published Li et al. 2017 network (fepegar/highresnet's ``block.N…``)."""
     from vol_transfer.nets.highres3dnet import HighRes3DNet
+    from vol_transfer.nets.li2017_import import is_li2017_state, li2017_to_ours
     from vol_transfer.nets.monai_import import monai_highresnet_to_ours
 
     target_keys = model.state_dict().keys()
-    looks_like_monai = any(key.startswith("blocks.") for key in source) and not any(key in source for key in target_keys)
-    if isinstance(model, HighRes3DNet) and looks_like_monai:
+    if not isinstance(model, HighRes3DNet) or any(key in source for key in target_keys):
+        return source
+    if any(key.startswith("blocks.") for key in source):
         return monai_highresnet_to_ours(source, where)
+    if is_li2017_state(source):
+        return li2017_to_ours(source, where)
     return source
 
 
@@ -154,7 +159,8 @@ def transfer_weights(
     target_state = model.state_dict()
     new_state = dict(target_state)
     report = TransferReport()
-    problems = []
+    problems: list[str] = []
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (source, target) of every shape problem
     for name, target in target_state.items():
         in_head = _matches(name, head_patterns)
         if _matches(name, reinitialise):
@@ -183,15 +189,46 @@ def transfer_weights(
             report.adapted[name] = f"input channels {old} → {new} by {channels!r}"
         else:
             problems.append(f"{name} has shape {tuple(value.shape)}, the model needs {tuple(target.shape)}")
+            shapes.append((tuple(value.shape), tuple(target.shape)))
     if problems:
-        raise CheckpointError(
-            where,
-            f"{len(problems)} tensor(s) cannot be transferred: {'; '.join(problems)}",
-            "choose a channel adaptation, list them in reinitialise=..., or use a matching architecture",
-        )
+        raise _mismatch_error(where, problems, shapes, len(target_state))
     report.ignored = [name for name in source if name not in target_state]
     model.load_state_dict(new_state)
     return report
+
+
+SHOWN_PROBLEMS = 3
+
+
+def _mismatch_error(where: PathLike, problems: list[str], shapes: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                    total: int) -> CheckpointError:
+    """One short line: how many tensors, the likely cause, the first few (``--debug`` lists them all)."""
+    fix = "choose a channel adaptation, list them in reinitialise=..., or use a matching architecture"
+    missing = sum(p.endswith("is missing from the source") for p in problems)
+    widths = [(s[0], t[0]) for s, t in shapes if s and t and s[0] != t[0]]
+    channels_only = all("input channel(s)" in p for p in problems)
+    if channels_only:
+        cause = "the source has another number of input channels"
+        fix = "choose a channel adaptation (transfer.channel_adaptation: repeat, mean or first)"
+    elif len(widths) >= 2:
+        (source_width, target_width), _ = max(((w, widths.count(w)) for w in set(widths)), key=lambda x: x[1])
+        cause = (f"the source network has another width: its layers have {source_width} channels where this "
+                 f"network has {target_width}")
+        fix = ("transfer from a source with this network's width (network.options.width), or set the width "
+               "to the source's")
+    elif missing > total // 2:
+        cause = f"the source is another architecture ({missing} of this network's {total} tensors are missing from it)"
+        fix = "transfer from a source of this network's architecture (network.name)"
+    elif shapes and all(len(s) == len(t) and s[1:] == t[1:] for s, t in shapes):
+        cause = "the source has another number of classes and these tensors are outside the head"
+    else:
+        cause = "the source and this network differ in layout"
+    shown = "; ".join(problems[:SHOWN_PROBLEMS])
+    more = f" (the first {SHOWN_PROBLEMS}; --debug lists all)" if len(problems) > SHOWN_PROBLEMS else ""
+    error = CheckpointError(where, f"{len(problems)} tensor(s) cannot be transferred; likely cause: {cause}; "
+                                   f"{shown}{more}", fix)
+    error.details = list(problems)
+    return error
 
 
 __all__ = ["CHANNEL_ADAPTATIONS", "adapt_input_channels", "TransferReport", "transfer_weights"]
