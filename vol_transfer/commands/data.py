@@ -15,11 +15,18 @@ from vol_transfer.errors import ManifestError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="check manifests and write them from dataset layouts")
+    from vol_transfer.commands import examples
+
+    parser = subparsers.add_parser("data", help="check manifests and write them from dataset layouts",
+                                   **examples("vol-transfer data check data_manifests/msd_hippocampus.csv",
+                                              "vol-transfer data manifest --layout msd ../shared/data/msd_hippocampus "
+                                              "--out runs/hippocampus.csv"))
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(handler=lambda args: (parser.print_help(), 1)[1])
 
-    check = actions.add_parser("check", help="validate a manifest on the real files and print a summary table")
+    check = actions.add_parser("check", help="validate a manifest on the real files and print a summary table",
+                               **examples("vol-transfer data check data_manifests/msd_hippocampus.csv",
+                                          "vol-transfer data check data_manifests/brats2015_flair_t1c.csv --sample 2"))
     check.add_argument("manifest", help="manifest CSV (e.g. data_manifests/msd_hippocampus.csv)")
     check.add_argument("--data-root", help="folder the manifest paths are relative to (default: $VOL_TRANSFER_DATA or ../shared/data)")
     check.add_argument("--sample", type=int, default=None, metavar="N", help="open only N randomly chosen cases (seeded)")
@@ -28,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     check.set_defaults(handler=run_check)
 
-    write = actions.add_parser("manifest", help="write a manifest from a standard dataset layout with a seeded patient-level split")
+    write = actions.add_parser("manifest", help="write a manifest from a standard dataset layout with a seeded patient-level split",
+                               **examples("vol-transfer data manifest --layout msd ../shared/data/msd_hippocampus "
+                                          "--out runs/hippocampus.csv --seed 0"))
     write.add_argument("folder", help="dataset folder (msd: has imagesTr/; brats: case folders; folders: DIR/<class>/<image>; nnunet: DatasetXXX_Name/)")
     write.add_argument("--layout", required=True, choices=("msd", "brats", "folders", "nnunet"))
     write.add_argument("--out", required=True, help="manifest CSV to write")
