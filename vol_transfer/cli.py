@@ -8,6 +8,7 @@ never edits this file.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -35,9 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_debug(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before a ``--`` → (True, the other arguments in order).
+
+    >>> split_debug(["infer", "x.nii.gz", "--debug", "--out", "p"])
+    (True, ['infer', 'x.nii.gz', '--out', 'p'])
+    """
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    return debug, [a for a in argv[:end] if a != "--debug"] + argv[end:]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    debug, argv = split_debug(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.debug = debug
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -47,12 +62,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VolTransferError as error:
         if args.debug:
             traceback.print_exc()
+            for line in error.details:
+                print(f"  - {line}", file=sys.stderr)
         print(f"error: {error.message}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:
+        if error.errno not in _DISK_ERRNOS:  # a full or read-only disk met outside an atomic write
+            raise
+        if args.debug:
+            traceback.print_exc()
+        from vol_transfer.io.atomic import write_error
+
+        print(f"error: {write_error(error.filename or 'output', error).message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: outputs written so far are complete; rerun to resume", file=sys.stderr)
+        print("interrupted: the outputs written so far are complete; rerun with --resume (train, infer) to continue",
+              file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class VolTransferError(Exception):
         where: the file path, manifest row or recipe key the problem is in.
         problem: what is wrong.
         fix: what the user should do about it.
+        details: every item of a long list the message only summarises (printed with ``--debug``).
     """
 
     exit_code = 2
@@ -33,6 +34,7 @@ class VolTransferError(Exception):
         self.where = str(where)
         self.problem = problem
         self.fix = fix
+        self.details: list[str] = []
         super().__init__(self.message)
 
     @property
@@ -67,4 +69,12 @@ class CheckpointError(VolTransferError):
 
 
 class OutputExistsError(VolTransferError):
-    """Refusal to overwrite an input file or an existing output without ``--overwrite``."""
+    """Refusal to overwrite an input file or an existing output without ``--overwrite``, or to write
+    into a folder another run is writing (:mod:`vol_transfer.io.folder_lock`)."""
+
+
+class WriteError(VolTransferError):
+    """An output that could not be written: the disk is full, read-only, or not writable by the user.
+
+    The target keeps its previous contents (writes are atomic, :mod:`vol_transfer.io.atomic`).
+    """

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from vol_transfer.io.manifest import read_manifest, validate_manifest
-from vol_transfer.demo.synthetic import hippocampus_case, tumour_case, write_dataset
+from vol_transfer.demo.synthetic import hippocampus_case, lesion_case, tumour_case, write_dataset
 
 
 def test_hippocampus_case_has_both_parts_on_each_side() -> None:
@@ -27,6 +27,16 @@ def test_tumour_case_follows_brats_labels_and_flair_shows_oedema() -> None:
     assert set(np.unique(label)) == {0, 1, 2, 4}
     flair = image[0]
     assert flair[label == 2].mean() > flair[(label == 0) & (flair > 0.3)].mean()
+
+
+def test_lesion_case_has_a_bright_rim_around_a_dark_centre_and_varies_in_place() -> None:
+    rng = np.random.default_rng(4)
+    image, label = lesion_case(rng)
+    assert image.shape == (1, *label.shape) and set(np.unique(label)) == {0, 1, 2}
+    brain = image[0][(label == 0) & (image[0] > 0.3)].mean()
+    assert image[0][label == 1].mean() > brain > image[0][label == 2].mean()
+    centres = [np.argwhere(lesion_case(rng)[1] > 0).mean(axis=0) for _ in range(3)]
+    assert max(np.abs(a - b).max() for a in centres for b in centres) > 3  # not one fixed place
 
 
 def test_write_dataset_writes_manifest_and_readable_nifti(tmp_path) -> None:

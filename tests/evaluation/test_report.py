@@ -112,7 +112,7 @@ def test_missing_prediction_and_wrong_grid_are_one_line_errors(dataset, shared_d
                         "hippocampus_001,test,msd_hippocampus/imagesTr/hippocampus_001.nii.gz,"
                         "msd_hippocampus/labelsTr/hippocampus_001.nii.gz\n")
     args = ["evaluate", "--pred", str(tmp_path / "pred"), "--manifest", str(manifest), "--data-root",
-            str(shared_data), "--out", str(tmp_path / "r"), "--no-progress"]
+            str(shared_data), "--out", str(tmp_path / "r"), "--no-progress", "--labels", "hippocampus=1,2"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no prediction for 1 subject(s): hippocampus_001" in err[0]

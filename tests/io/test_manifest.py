@@ -265,3 +265,26 @@ def test_shipped_kermany_split_is_by_patient(shared_data):
     train = {s.patient_id for s in manifest.subjects("train")}
     validation = {s.patient_id for s in manifest.subjects("validation")}
     assert train and validation and not train & validation
+
+
+def test_a_path_climbing_out_of_the_data_root_is_refused_unless_declared(tmp_path):
+    """Issue 15: ``../x`` in a manifest reads outside --data-root only when the manifest opts in."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (root / "sub", outside):
+        (folder / "x.nii.gz").write_bytes(b"")
+    rows = "subject_id,split,image\na,train,../outside/x.nii.gz\nb,train,sub/../sub/x.nii.gz\n" \
+           f"c,train,{outside / 'x.nii.gz'}\n"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(rows)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest, data_root=root)
+    assert info.value.problems == [
+        f"line 2 (a): image path ../outside/x.nii.gz leads outside the data root {root} (refused, so a manifest "
+        "cannot read files elsewhere by accident; to allow it, declare '# allow_outside_data_root: yes' above the header)"
+    ]  # b stays inside; c is an absolute path, taken as written
+    manifest.write_text("# allow_outside_data_root: yes\n" + rows)
+    subjects = read_manifest(manifest, data_root=root).subjects()
+    assert [s.channels["image"].resolve() for s in subjects] == [outside / "x.nii.gz", root / "sub" / "x.nii.gz",
+                                                                 outside / "x.nii.gz"]

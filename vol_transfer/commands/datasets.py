@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 
+from vol_transfer.commands import examples
 from vol_transfer.datasets.download import download_file, extract_archive
 from vol_transfer.datasets.registry import DATASETS
 from vol_transfer.errors import InputDataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("datasets", help="list or download public datasets")
+    parser = subparsers.add_parser("datasets", help="list or download public datasets",
+                                   **examples("vol-transfer datasets list",
+                                              "vol-transfer datasets download msd-hippocampus runs/downloads"))
     actions = parser.add_subparsers(dest="datasets_action", metavar="ACTION", required=True)
 
-    listing = actions.add_parser("list", help="the datasets this command knows")
+    listing = actions.add_parser("list", help="the datasets this command knows",
+                                 **examples("vol-transfer datasets list"))
     listing.set_defaults(handler=_list)
 
-    download = actions.add_parser("download", help="download (resumable, md5-checked) and unpack a dataset")
+    download = actions.add_parser("download", help="download (resumable, md5-checked) and unpack a dataset",
+                                  **examples("vol-transfer datasets download msd-hippocampus runs/downloads",
+                                             "vol-transfer datasets download msd-hippocampus runs/downloads --no-extract"))
     download.add_argument("name", choices=sorted(DATASETS))
     download.add_argument("dest", help="folder to download and unpack into")
     download.add_argument("--url", help="a mirror address to use instead of the default")

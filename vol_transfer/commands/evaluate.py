@@ -1,15 +1,24 @@
 """``vol-transfer evaluate``: compare predicted label maps with a manifest's labels.
 
+Which classes are scored, first that applies: ``--labels`` (with ``--pred-labels`` when the
+prediction's values differ); the checkpoint's classes and label mapping (``--checkpoint``, or the one
+``vol-transfer infer`` recorded in ``<pred>/inference_timings.csv``); the manifest's declared labels
+when the predictions hold exactly those values. Otherwise ``--labels`` is required: a tumour-core
+prediction (values 0, 1) against a BraTS manifest (labels 1, 2, 4) is not scored as "necrosis".
+
 Examples:
     vol-transfer evaluate --pred pred/ --manifest data_manifests/brats2015_flair_t1c.csv --split test \\
-        --labels tumour_core=1,3,4 --out report/
-    vol-transfer evaluate --pred pred/ --manifest data_manifests/msd_hippocampus.csv --out report/
+        --labels tumour_core=1,3,4 --pred-labels tumour_core=1 --out report/
+    vol-transfer evaluate --pred pred/ --manifest data_manifests/msd_hippocampus.csv --checkpoint hippo.pt --out report/
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from vol_transfer.commands import examples
 
 OUTPUTS = ("metrics_per_subject.csv", "summary.csv", "summary.md", "dice_boxplot.png")
 
@@ -19,7 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="Dice, HD95, ASD, volumes, sensitivity, precision per subject and class; report + plots",
         description="Reads <pred>/<subject_id>_seg.nii.gz for each labelled subject of the manifest (split). "
                     "Dice is NaN where a class is absent from both prediction and truth, and left out of the "
-                    "means (nnU-Net's convention; the training validator and study reports use the same).",
+                    "means (nnU-Net's convention; the training validator and study reports use the same). "
+                    "Classes: --labels, else the checkpoint's (--checkpoint, or the one infer recorded in "
+                    "<pred>/inference_timings.csv), else the manifest's declared labels when the predictions hold exactly "
+                    "those values; otherwise --labels is required.",
+        **examples(
+            "vol-transfer evaluate --pred runs/predictions --manifest data_manifests/brats2015_flair_t1c.csv "
+            "--split test --out runs/eval   # classes from the checkpoint infer used",
+            "vol-transfer evaluate --pred runs/predictions --manifest data_manifests/brats2015_flair_t1c.csv "
+            "--split test --labels tumour_core=1,3,4 --pred-labels tumour_core=1 --out runs/eval",
+            "vol-transfer evaluate --pred pred/ --manifest data_manifests/msd_hippocampus.csv "
+            "--checkpoint runs/hippocampus_pretrain_cpu/checkpoints/best.pt --out report/"),
     )
     parser.add_argument("--pred", required=True, help="folder of predictions (<subject_id>_seg.nii.gz)")
     parser.add_argument("--manifest", required=True, help="manifest CSV with a label column")
@@ -27,9 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default=None, help="only this split (default: every labelled subject)")
     parser.add_argument("--labels", nargs="+", default=None, metavar="NAME=VALUES",
                         help="classes as label-value sets of the truth, e.g. tumour_core=1,3,4 "
-                             "(default: each declared nonzero label value)")
+                             "(default: the checkpoint's classes, else the manifest's labels when the predictions hold exactly those "
+                             "values)")
     parser.add_argument("--pred-labels", nargs="+", default=None, metavar="NAME=VALUES",
                         help="the same classes in the prediction's values when they differ, e.g. tumour_core=1")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the checkpoint that made the predictions: its classes and label mapping say what to score "
+                             "(default: the one recorded in <pred>/inference_timings.csv)")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--overlays", type=int, default=10, metavar="N", help="overlay PNGs for the first N subjects (default 10)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
@@ -57,6 +80,95 @@ def parse_classes(items: list[str] | None, where: str = "--labels") -> dict[str,
     return classes
 
 
+def _describe(classes: dict[str, list[int]], prediction_classes: dict[str, list[int]] | None) -> str:
+    def values(v: list[int]) -> str:
+        return ",".join(map(str, v))
+
+    return "; ".join(f"{name} = truth {values(v)}" + (f" / prediction {values(prediction_classes[name])}"
+                                                      if prediction_classes and prediction_classes[name] != v else "")
+                     for name, v in classes.items())
+
+
+def checkpoint_classes(checkpoint: Any) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """(truth values, prediction values) per class from a checkpoint's stored classes and label mapping."""
+    from vol_transfer.errors import CheckpointError
+    from vol_transfer.studies.evaluate import class_values
+    from vol_transfer.transfer.checkpoint import load_checkpoint
+
+    metadata = load_checkpoint(checkpoint).metadata or {}
+    truth, predicted = class_values(metadata)
+    if not truth:
+        raise CheckpointError(checkpoint, "stores no class names", "pass --labels NAME=VALUES")
+    return truth, predicted
+
+
+def recorded_checkpoint(pred_dir: Path) -> Path | None:
+    """The checkpoint ``vol-transfer infer`` recorded in ``<pred>/inference_timings.csv``, when it names one that exists."""
+    from vol_transfer.inference.records import TIMINGS_FILE, read_timings
+
+    names = {row.get("checkpoint") for row in read_timings(pred_dir / TIMINGS_FILE).values()} - {None, ""}
+    if len(names) != 1:
+        return None
+    path = Path(names.pop())
+    return path if path.is_file() else None
+
+
+def prediction_values(paths: list[Path], limit: int = 3) -> set[int]:
+    """The nonzero values in the first ``limit`` prediction files."""
+    import numpy as np
+
+    from vol_transfer.io.case import label_array
+    from vol_transfer.io.volumes import load_volume
+
+    found: set[int] = set()
+    for path in paths[:limit]:
+        found.update(int(v) for v in np.unique(label_array(load_volume(path), path)) if v != 0)
+    return found
+
+
+def resolve_classes(args: argparse.Namespace, manifest: Any, predictions: list[Path]
+                    ) -> tuple[dict[str, list[int]], dict[str, list[int]] | None, str]:
+    """The classes to score (truth values), the prediction's values when they differ, and where they came from.
+
+    The manifest's declared labels are used only when the predictions hold exactly those values (a
+    tumour-core prediction, values {0, 1}, is never scored as BraTS label 1 "necrosis").
+    """
+    from vol_transfer.errors import RecipeError
+
+    classes = parse_classes(args.labels)
+    prediction_classes = parse_classes(args.pred_labels, "--pred-labels")
+    if classes is not None:
+        if prediction_classes is not None and set(prediction_classes) != set(classes):
+            raise RecipeError("--pred-labels", f"names {sorted(prediction_classes)} differ from --labels "
+                                               f"{sorted(classes)}", "give the same class names to both")
+        return classes, prediction_classes, _describe(classes, prediction_classes) + " (--labels)"
+    if prediction_classes is not None:
+        raise RecipeError("--pred-labels", "needs --labels", "give the truth's values too, e.g. --labels tumour_core=1,3,4")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else recorded_checkpoint(Path(args.pred))
+    if checkpoint is not None:
+        classes, prediction_classes = checkpoint_classes(checkpoint)
+        how = "--checkpoint" if args.checkpoint else "recorded in inference_timings.csv"
+        return classes, prediction_classes, f"{_describe(classes, prediction_classes)} (from {checkpoint}, {how})"
+    values = [v for v in (manifest.label_values or ()) if v != 0]
+    names = list(manifest.label_names or ())
+    all_values = list(manifest.label_values or ())
+
+    def name(value: int) -> str:
+        return names[all_values.index(value)] if names else f"label_{value}"
+
+    seen = prediction_values(predictions) if values else set()
+    if values and seen == set(values):
+        classes = {name(v): [v] for v in values}
+        return classes, None, (f"{_describe(classes, None)} (the manifest's declared labels; the predictions hold "
+                               "the same values)")
+    declared = ", ".join(f"{name(v)}={v}" for v in values) or "none"
+    raise RecipeError(
+        "--labels", f"no checkpoint is known and the predictions' values ({', '.join(map(str, sorted(seen))) or 'none'}) "
+                    f"are not the manifest's declared labels ({declared}), so what they mean is not known",
+        "give the classes, e.g. --labels tumour_core=1,3,4 --pred-labels tumour_core=1, or --checkpoint the model "
+        "that wrote them")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -72,18 +184,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not subjects:
         raise InputDataError(args.manifest, f"has no labelled subjects{' in split ' + args.split if args.split else ''}",
                              "choose a manifest/split with a label column")
-    classes = parse_classes(args.labels)
-    if classes is None:
-        values = [v for v in (manifest.label_values or ()) if v != 0]
-        if not values:
-            raise RecipeError("--labels", "the manifest declares no label values", "give classes, e.g. --labels core=1,3,4")
-        names = list(manifest.label_names or ())
-        all_values = list(manifest.label_values or ())
-        classes = {(names[all_values.index(v)] if names else f"label_{v}"): [v] for v in values}
-    prediction_classes = parse_classes(args.pred_labels, "--pred-labels")
-    if prediction_classes is not None and set(prediction_classes) != set(classes):
-        raise RecipeError("--pred-labels", f"names {sorted(prediction_classes)} differ from --labels {sorted(classes)}",
-                          "give the same class names to both")
     pred_dir = Path(args.pred)
     pairs, missing = [], []
     for subject in subjects:
@@ -97,11 +197,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
         raise InputDataError(pred_dir, f"has no prediction for {len(missing)} subject(s): {shown}",
                              "run vol-transfer infer on the same manifest/split into this folder first")
+    classes, prediction_classes, origin = resolve_classes(args, manifest, [p.prediction for p in pairs])
     out = Path(args.out)
     inputs = [p.prediction for p in pairs] + [p.truth for p in pairs]
     for name in OUTPUTS:
         refuse_to_overwrite(out / name, inputs, overwrite=args.overwrite)
 
+    for pair in pairs[: max(0, args.overlays)]:  # a broken overlay image fails before any output is written
+        read_channel(next(iter(next(s for s in subjects if s.subject_id == pair.subject_id).channels.values())))
     rows = report.evaluate_pairs(pairs, classes, prediction_classes=prediction_classes, progress=not args.no_progress)
     summary = report.summarise(rows)
     report.write_rows_csv(rows, out / "metrics_per_subject.csv")
@@ -120,7 +223,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         prediction = np.isin(label_array(load_volume(pair.prediction), pair.prediction), predicted_values)
         plots.overlay_slice(image, truth, prediction, out / "overlays" / f"{pair.subject_id}.png",
                             title=f"{pair.subject_id} {first_class}")
-    for line in report.summary_markdown([s for s in summary if s["metric"] == "dice"], "Dice").splitlines()[2:6]:
-        print(line)
-    print(f"wrote {len(rows)} rows for {len(pairs)} subject(s) to {out}")
+    print(f"classes: {origin}")
+    print(report.dice_table(summary))
+    print(f"wrote {len(rows)} rows for {len(pairs)} subject(s) to {out}: summary.md (every metric), summary.csv, "
+          f"metrics_per_subject.csv, dice_boxplot.png" + (", overlays/" if pairs[: max(0, args.overlays)] else ""))
     return 0

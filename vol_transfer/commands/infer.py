@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "  vol-transfer infer --checkpoint tc.pt data_manifests/brats2015_flair_t1c.csv --split test --out pred/\n"
                "  vol-transfer infer --checkpoint tc.pt imagesTs/ --channels flair=*_0000.nii.gz,t1c=*_0001.nii.gz "
                "--out pred/\n"
-               "  vol-transfer infer --checkpoint brats4.pt BRATS_001.nii.gz --channels flair,t1,t1c,t2 --out pred/",
+               "  vol-transfer infer --checkpoint brats4.pt BRATS_001.nii.gz --channels flair,t1,t1c,t2 --out pred/\n"
+               "  vol-transfer infer --checkpoint tc.pt imagesTs/ --out pred/ --resume   # after an interruption",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -49,13 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (default 2)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs and AMX CPUs)")
     parser.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
-    parser.add_argument("--tta", action="store_true", help="average over flips along each axis (4 passes)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the flips the model was trained with (its recipe's "
+                             "sampler.augmentation.flip_axes; refused for a model trained without flips)")
     parser.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     parser.add_argument("--map-labels", default=None, metavar="MAP",
                         help="renumber classes when writing: CLASS:VALUE,… (e.g. 1:4) or 'checkpoint'")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cases an interrupted run into --out finished (whole files written by this "
+                             "checkpoint with these options, per inference_timings.csv); segment the others")
     parser.add_argument("--no-progress", action="store_true", help="hide the per-volume progress bar")
     parser.set_defaults(handler=run_infer)
 
@@ -63,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_infer(args: argparse.Namespace) -> int:
     import torch
 
-    from vol_transfer.errors import RecipeError
+    from pathlib import Path
+
+    from vol_transfer.errors import OutputExistsError, RecipeError
     from vol_transfer.inference.predict import InferenceOptions
     from vol_transfer.inference.predictor import TIMINGS_FILE, Predictor
     from vol_transfer.io.case_inputs import discover_cases, parse_channel_names
@@ -74,17 +82,23 @@ def run_infer(args: argparse.Namespace) -> int:
         options = InferenceOptions(
             mode=args.mode, window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
             memory_budget_gb=args.memory_budget, bf16=args.bf16, channels_last=not args.no_channels_last,
-            tta=args.tta, device=args.device, progress=not args.no_progress,
+            tta=args.tta, device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
+            progress=not args.no_progress,
         )
     except ValueError as error:
         raise RecipeError("infer options", str(error), "see vol-transfer infer --help") from None
     names = parse_channel_names(args.channels)  # a malformed --channels fails before the checkpoint loads
-    predictor = Predictor.from_checkpoint(args.checkpoint, options, map_labels=args.map_labels)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise OutputExistsError(args.out, "is a file, not a folder", "give --out a folder (it is created if missing)")
+    say = (lambda text: print(text, file=sys.stderr))
+    predictor = Predictor.from_checkpoint(args.checkpoint, options, map_labels=args.map_labels, say=say)
     cases = discover_cases(args.inputs, predictor.channels, split=args.split, data_root=args.data_root, names=names)
     if not cases:
         raise RecipeError("INPUT", "no cases found", "check the inputs (and --split for a manifest)")
-    say = (lambda text: print(text, file=sys.stderr))
-    rows = predictor.run(cases, args.out, probabilities=args.probabilities, overwrite=args.overwrite, say=say)
+    rows = predictor.run(cases, args.out, probabilities=args.probabilities, overwrite=args.overwrite,
+                         resume=args.resume, say=say)
     total = sum(row["total_s"] for row in rows)
-    print(f"wrote {len(rows)} segmentation(s) to {args.out} in {total:.1f} s; timings in {args.out}/{TIMINGS_FILE}")
+    kept = f" (kept {len(cases) - len(rows)} finished)" if args.resume else ""
+    print(f"wrote {len(rows)} segmentation(s){kept} to {args.out} in {total:.1f} s; "
+          f"timings in {args.out}/{TIMINGS_FILE}")
     return 0

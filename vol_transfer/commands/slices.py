@@ -12,7 +12,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
+
+from vol_transfer.commands import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "slices", help="write 2D slices (PNG/NPZ + slices.csv) or candidate patches (NPZ + patches.csv)",
         description="Slices along a plane with a per-volume budget, skipping empty or out-of-body slices, "
                     "normalised with a shared preset; or, with --candidates, patches around LUNA16 candidates.",
+        **examples(
+            "vol-transfer slices data_manifests/msd_hippocampus.csv --split train --out runs/hippo_slices "
+            "--budget 5 --skip-empty --normalise mri_max",
+            "vol-transfer slices data_manifests/brats2015_flair_t1c.csv --out runs/brats_slices --budget 4   "
+            "# 2 channels: NPZ chosen",
+            "vol-transfer slices ../shared/data/lung_ct_dicom/series_B40f --out runs/ct_slices --budget 8 "
+            "--normalise hu:genesis --body-threshold -500"),
     )
     parser.add_argument("sources", nargs="+", help="image files, DICOM series folders or manifest CSVs")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -34,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--normalise", default="none",
                         help="none | hu:<window> (hu:genesis, hu:lung, hu:-1000,1400) | mri_max | percentile | xray")
     parser.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalisation")
-    parser.add_argument("--format", choices=("png", "npz"), default="png")
+    parser.add_argument("--format", choices=("auto", "png", "npz"), default="auto",
+                        help="auto (default): PNG for 1- or 3-channel volumes, NPZ for other channel counts "
+                             "(a PNG holds grey or RGB only)")
     parser.add_argument("--candidates", type=Path, default=None,
                         help="LUNA16 candidates.csv (seriesuid,coordX,coordY,coordZ,class; LPS mm): cut patches instead")
     parser.add_argument("--coordinates", choices=("LPS", "RAS"), default="LPS",
@@ -54,10 +66,33 @@ def run_slices(args: argparse.Namespace) -> int:
     spec = SliceSpec(plane=args.plane, budget=args.budget, skip_empty=args.skip_empty,
                      body_threshold=args.body_threshold, min_body_fraction=args.min_body_fraction,
                      normalise=args.normalise, clahe=args.clahe)
-    index = write_slice_dataset(sources, args.out, spec, file_format=args.format, overwrite=args.overwrite)
+    file_format, sources = choose_format(args.format, sources)
+    index = write_slice_dataset(sources, args.out, spec, file_format=file_format, overwrite=args.overwrite)
     count = len(index.read_text().splitlines()) - 1
-    print(f"wrote {count} slice(s) → {index}")
+    print(f"wrote {count} slice(s) as {file_format.upper()} → {index}")
     return 0
+
+
+def choose_format(requested: str, sources):
+    """(``png`` or ``npz``, the sources): ``auto`` is PNG when the first volume has 1 or 3 channels, else NPZ.
+
+    An explicit ``png`` for another channel count is refused before anything is written.
+    """
+    from vol_transfer.errors import RecipeError
+
+    sources = iter(sources)
+    first = next(sources, None)
+    if first is None:
+        return ("png" if requested == "auto" else requested), iter(())
+    channels = first.volume.num_channels
+    png_ok = channels in (1, 3)
+    if requested == "png" and not png_ok:
+        raise RecipeError("--format png", f"{first.subject_id} has {channels} channels and a PNG holds 1 (grey) or 3 "
+                                          "(RGB)", "use --format npz (or --format auto), or slice one channel's file")
+    chosen = requested if requested != "auto" else ("png" if png_ok else "npz")
+    if requested == "auto" and not png_ok:
+        print(f"format: NPZ ({first.subject_id} has {channels} channels; a PNG holds 1 or 3)")
+    return chosen, itertools.chain([first], sources)
 
 
 def _run_patches(args: argparse.Namespace, sources) -> int:

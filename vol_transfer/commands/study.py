@@ -14,9 +14,16 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vol_transfer.commands import examples
+
     parser = subparsers.add_parser("study", help="run a freezing-ablation or training-set-size study",
                                    description="Train every arm (resuming finished work), evaluate each arm's best "
-                                               "checkpoint, and write report.md, results.csv and plots.")
+                                               "checkpoint, and write report.md, report.html, results.csv and plots.",
+                                   **examples(
+                                       "vol-transfer study recipes/freeze_ablation_cpu.yaml --out runs/freeze_ablation_cpu",
+                                       "vol-transfer study recipes/dataset_size_cpu.yaml --commands   # one line per arm",
+                                       "vol-transfer study recipes/freeze_ablation_cpu.yaml --out runs/freeze_ablation_cpu "
+                                       "--report-only"))
     parser.add_argument("recipe", type=Path, help="study recipe, e.g. recipes/freeze_ablation_cpu.yaml")
     parser.add_argument("--out", type=Path, help="study folder (default: runs/<recipe name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -6,6 +6,10 @@ Examples::
     vol-transfer train recipes/hippocampus_pretrain_cpu.yaml --run-dir runs/hippo --resume
     vol-transfer train recipes/brats_tc_finetune_cpu.yaml --set training.iterations=500
     torchrun --nproc_per_node=2 -m vol_transfer train RECIPE --run-dir runs/ddp   # data-parallel
+
+One run at a time writes a run folder (:mod:`vol_transfer.io.folder_lock`). A folder left by a run
+that stopped before its first checkpoint (only ``recipe.yaml``, logs or temporaries) holds nothing
+to resume or keep: a rerun replaces it. A refused ``--resume`` leaves ``recipe.yaml`` as it was.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import inspect
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vol_transfer.errors import OutputExistsError, RecipeError
-from vol_transfer.io.atomic import atomic_write_text
+from vol_transfer.io.atomic import atomic_write_text, remove_stale_temporaries
+from vol_transfer.io.folder_lock import LOCK_NAME, FolderLock
 from vol_transfer.recipes import config_to_dict, get_task, recipe_to_yaml, resolve_recipe
 
 RESOLVED_RECIPE = "recipe.yaml"
@@ -30,12 +36,23 @@ SUMMARY = "summary.json"
 RESUMABLE_CHANGES = ("training.iterations", "validation.patience", "checkpoint.every", "training.threads",
                      "training.log_every", "description")
 _RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.csv", RESOLVED_RECIPE, SUMMARY)
+_CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vol_transfer.commands import examples
+
     parser = subparsers.add_parser("train", help="train a network from a recipe (YAML)",
                                    description="Train from a recipe; the run folder keeps the resolved recipe, "
-                                               "checkpoints, metrics.csv and TensorBoard logs.")
+                                               "checkpoints, metrics.csv and TensorBoard logs.",
+                                   **examples(
+                                       "vol-transfer train recipes/hippocampus_pretrain_cpu.yaml "
+                                       "--run-dir runs/hippocampus_pretrain_cpu",
+                                       "vol-transfer train recipes/hippocampus_pretrain_cpu.yaml "
+                                       "--run-dir runs/hippocampus_pretrain_cpu --resume   # after an interruption",
+                                       "vol-transfer train recipes/brats_tc_finetune_cpu.yaml --set training.iterations=500",
+                                       "vol-transfer recipe keys recipes/brats_tc_finetune_cpu.yaml   # what --set can change",
+                                       "torchrun --nproc_per_node=2 -m vol_transfer train RECIPE --run-dir runs/ddp"))
     parser.add_argument("recipe", help="recipe file, e.g. recipes/hippocampus_pretrain_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (YAML value), e.g. --set optim.lr=3e-4; repeatable")
@@ -70,23 +87,79 @@ def _check_same_recipe(run_dir: Path, resolved: dict[str, Any]) -> None:
                           "resume with the same recipe, or start a new --run-dir")
 
 
+def _checkpoint_files(run_dir: Path) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def _remove(run_dir: Path, names: list[str]) -> None:
+    for name in names:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _keep_orphans(run_dir: Path, orphans: list[Path]) -> Path:
+    """Move the checkpoints of a run that cannot be resumed to ``stopped-run-<time>/`` (never deleted unasked)."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder, number = run_dir / f"stopped-run-{stamp}", 1
+    while folder.exists():
+        number += 1
+        folder = run_dir / f"stopped-run-{stamp}-{number}"
+    folder.mkdir()
+    for path in orphans:
+        path.rename(folder / path.name)
+    return folder
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, resolved: dict[str, Any]) -> None:
-    """Refuse to clobber an existing run unless asked; on resume check the recipe is the same."""
+    """Refuse to clobber an existing run unless asked; on resume check the recipe is the same.
+
+    A run is there to keep when it has ``checkpoints/last.pt`` (it can be resumed) or ``summary.json``
+    (it finished). A folder with neither is what a run that stopped before its first checkpoint
+    leaves: a new run replaces it (with a note; a ``best.pt`` it holds is moved to
+    ``stopped-run-<time>/``), and ``--resume`` says to rerun without it.
+    """
     last = run_dir / "checkpoints" / "last.pt"
+    existing = [name for name in _RUN_OUTPUTS if (run_dir / name).exists()]
+    resumable = last.is_file() or (run_dir / SUMMARY).exists()
+    orphans = [] if resumable else _checkpoint_files(run_dir)
     if resume:
         if not last.is_file():
+            if existing and not resumable:
+                kept = (f"; {', '.join('checkpoints/' + p.name for p in orphans)} will be kept in stopped-run-<time>/"
+                        if orphans else "; those leftovers are replaced")
+                raise OutputExistsError(run_dir, "has no checkpoints/last.pt to resume from: its run stopped before "
+                                                 f"its first checkpoint (it left {', '.join(existing)})",
+                                        f"rerun without --resume to start it again{kept}")
             raise OutputExistsError(run_dir, "has no checkpoints/last.pt to resume from",
                                     "drop --resume to start a new run, or point --run-dir at an existing run")
         _check_same_recipe(run_dir, resolved)
         return
-    existing = [name for name in _RUN_OUTPUTS if (run_dir / name).exists()]
-    if existing and not overwrite:
+    if existing and resumable and not overwrite:
         raise OutputExistsError(run_dir, f"already holds a run ({', '.join(existing)})",
                                 "pass --resume to continue it, --overwrite to start over, or choose another --run-dir")
-    if existing:
-        for name in existing:
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if existing and not overwrite:
+        note = f"note: {run_dir}: replacing {', '.join(existing)} left by a run that stopped before its first checkpoint"
+        if orphans:
+            note += f"; its {', '.join(p.name for p in orphans)} moved to {_keep_orphans(run_dir, orphans).name}/"
+        print(note, file=sys.stderr)
+    _remove(run_dir, existing)
+
+
+def _holds_only_recipe(run_dir: Path) -> bool:
+    names = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
+    return names == {RESOLVED_RECIPE}
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporaries a killed write left (``.last.<x>.tmp.pt`` …): no other run writes here now."""
+    removed = remove_stale_temporaries(run_dir, [RESOLVED_RECIPE, SUMMARY, "metrics.csv"])
+    removed += remove_stale_temporaries(run_dir / "checkpoints", _CHECKPOINT_NAMES)
+    if removed:
+        print(f"note: {run_dir}: removed {len(removed)} temporary file(s) left by an interrupted write "
+              f"({', '.join(p.name for p in removed[:3])})", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -96,15 +169,34 @@ def _train(args: argparse.Namespace) -> int:
     resolved = {"task": task_name, **config_to_dict(config)}
     # under torchrun only rank 0 checks and prepares the folder (the others would race with it)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        prepare_run_dir(run_dir, args.resume, args.overwrite, resolved)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RESOLVED_RECIPE, recipe_to_yaml(task_name, config))
-    options = {"resume": args.resume, "data_root": args.data_root, "recipe": resolved, "progress": not args.no_progress}
-    summary = task.run(config, run_dir, **_accepted(task.run, options))
-    if is_main:
-        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-        _print_summary(summary, run_dir)
+    created = not run_dir.exists()
+    lock = FolderLock(run_dir) if is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if is_main:
+            _remove_stale_temporaries(run_dir)
+            prepare_run_dir(run_dir, args.resume, args.overwrite, resolved)
+            if not args.resume:  # a resumed run's recipe.yaml is replaced only once the resume worked
+                atomic_write_text(run_dir / RESOLVED_RECIPE, recipe_to_yaml(task_name, config))
+        options = {"resume": args.resume, "data_root": args.data_root, "recipe": resolved,
+                   "progress": not args.no_progress}
+        try:
+            summary = task.run(config, run_dir, **_accepted(task.run, options))
+        except BaseException:
+            if is_main and not args.resume and _holds_only_recipe(run_dir):
+                (run_dir / RESOLVED_RECIPE).unlink()  # failed before training started: leave nothing behind
+            raise
+        if is_main:
+            if args.resume:
+                atomic_write_text(run_dir / RESOLVED_RECIPE, recipe_to_yaml(task_name, config))
+            atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+            _print_summary(summary, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # a refusal leaves no empty folder behind
     return 0
 
 

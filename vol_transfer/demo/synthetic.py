@@ -1,12 +1,15 @@
 """Small synthetic brain-like volumes for the demo and for tests: no download needed.
 
-Two tasks mirror the study's source and target:
+Three tasks:
 
 - ``hippocampus``: a 1-channel "T1" head with a bright brain ellipsoid and a pair of small
-  elongated structures left and right (labels 1 = anterior part, 2 = posterior part).
+  elongated structures left and right (labels 1 = anterior part, 2 = posterior part), as the
+  study's source.
 - ``tumour``: a 2-channel ("flair", "t1c") head with one lesion: oedema (FLAIR-bright, label 2)
   around a core (label 1 necrotic / 4 enhancing rim, the BraTS convention), so tumour core =
-  {1, 4}.
+  {1, 4}: the study's target.
+- ``lesion``: a 1-channel "T1c-like" head with one or two ring-enhancing lesions anywhere in the
+  brain (1 = enhancing rim, 2 = necrotic centre): the demo's source, close to the tumour target.
 
 Intensities get a smooth bias field and Rician-like noise so normalisation matters.
 
@@ -96,6 +99,31 @@ def tumour_case(rng: np.random.Generator, shape: tuple[int, int, int] = (48, 48,
     return np.stack(channels), label
 
 
+def lesion_case(rng: np.random.Generator, shape: tuple[int, int, int] = (48, 48, 40)):
+    """One synthetic single-contrast ("T1c-like") lesion case: ``(image (1,X,Y,Z) float32, label (X,Y,Z) uint8)``.
+
+    One or two ring-enhancing lesions anywhere in the brain: enhancing rim (label 1) around a dark
+    necrotic centre (label 2), in a darker unlabelled halo. The demo's source task: it shares the
+    target's lesion shapes and its T1c contrast, with other sizes, counts and intensities.
+    """
+    grid = _grid(shape)
+    head, brain = _head(grid, rng)
+    image = head * rng.uniform(0.85, 0.95)
+    label = np.zeros(shape, np.uint8)
+    for _ in range(int(rng.integers(1, 3))):
+        centre = rng.uniform(-0.4, 0.4, size=3)
+        radii = rng.uniform(0.12, 0.3, size=3)
+        rim = (_ellipsoid(grid, centre, radii) <= 1) & brain
+        centre_part = (_ellipsoid(grid, centre, radii * rng.uniform(0.4, 0.65)) <= 1) & brain
+        halo = (_ellipsoid(grid, centre, radii * 1.6) <= 1) & brain & ~rim & (label == 0)
+        image[halo] *= rng.uniform(0.8, 0.95)
+        image[rim] = rng.uniform(0.9, 1.1)
+        image[centre_part] = rng.uniform(0.2, 0.4)
+        label[rim] = 1
+        label[centre_part] = 2
+    return _bias_and_noise(image, grid, rng, noise=0.05)[None], label
+
+
 def write_dataset(
     folder: Path, task: str, count: int, seed: int = 0, splits: tuple[float, float] = (0.6, 0.2)
 ) -> Path:
@@ -103,8 +131,8 @@ def write_dataset(
 
     The first ``splits[0]`` fraction is train, the next ``splits[1]`` validation, the rest test.
     """
-    make = {"hippocampus": hippocampus_case, "tumour": tumour_case}[task]
-    channels = ["image"] if task == "hippocampus" else ["flair", "t1c"]
+    make = {"hippocampus": hippocampus_case, "tumour": tumour_case, "lesion": lesion_case}[task]
+    channels = ["flair", "t1c"] if task == "tumour" else ["image"]
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS-like storage, as BraTS uses
@@ -122,8 +150,9 @@ def write_dataset(
         split = "train" if index < n_train else "validation" if index < n_train + n_val else "test"
         rows.append({"subject_id": subject, "split": split, **paths})
     manifest = folder / f"{task}.csv"
-    labels = ("0,1,2", "background,anterior,posterior") if task == "hippocampus" else (
-        "0,1,2,4", "background,necrosis,oedema,enhancing")
+    labels = {"hippocampus": ("0,1,2", "background,anterior,posterior"),
+              "tumour": ("0,1,2,4", "background,necrosis,oedema,enhancing"),
+              "lesion": ("0,1,2", "background,enhancing,necrosis")}[task]
     with atomic_path(manifest) as tmp, open(tmp, "w", newline="") as handle:
         handle.write(f"# kind: segmentation\n# labels: {labels[0]}\n# label_names: {labels[1]}\n")
         handle.write(f"# dataset: synthetic {task}-like volumes made by vol_transfer.demo (seed {seed})\n")

@@ -97,3 +97,65 @@ def overlay_slice(
     ax.set_title(f"{title} slice {index} (axis {axis})  truth: green, prediction: red".strip())
     ax.axis("off")
     return _save(figure, path)
+
+
+def spread_slices(truth: np.ndarray, prediction: np.ndarray, count: int = 3, axis: int = 2) -> list[int]:
+    """``count`` slices along ``axis`` spread over the truth's extent (else the prediction's, else the volume).
+
+    >>> mask = np.zeros((4, 4, 20), bool); mask[1:3, 1:3, 4:13] = True
+    >>> spread_slices(mask, mask, 3)
+    [6, 8, 10]
+    """
+    for mask in (truth, prediction):
+        counts = np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis))
+        present = np.flatnonzero(counts)
+        if present.size:
+            low, high = int(present[0]), int(present[-1])
+            break
+    else:
+        low, high = 0, truth.shape[axis] - 1
+    positions = np.linspace(low, high, count + 2)[1:-1]
+    return sorted({int(round(p)) for p in positions})
+
+
+def overlay_slices(
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    path: PathLike,
+    *,
+    count: int = 3,
+    axis: int = 2,
+    title: str = "",
+) -> Path:
+    """``count`` slices side by side through the structure: grey image, truth outline (green),
+    prediction filled (red, translucent) and outlined, each panel labelled with its slice index.
+
+    ``image``, ``truth`` and ``prediction`` are ``(X, Y, Z)`` on one grid (masks: nonzero =
+    foreground); panels show X to the right and Y up (voxel order).
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    indices = spread_slices(truth != 0, prediction != 0, count, axis)
+    figure, axes = plt.subplots(1, len(indices), figsize=(3.4 * len(indices), 3.9), squeeze=False)
+    volume = np.asarray(image, dtype=np.float32)
+    low, high = np.percentile(volume, [1, 99]) if volume.size else (0, 1)
+    for ax, index in zip(axes[0], indices):
+        take = lambda a: np.take(a, index, axis=axis).T  # noqa: E731  (rows = second voxel axis)
+        ax.imshow(take(volume), cmap="gray", vmin=low, vmax=high if high > low else low + 1, origin="lower")
+        predicted = take(np.asarray(prediction) != 0)
+        ax.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.35, origin="lower",
+                  interpolation="nearest")
+        for mask, colour in ((take(np.asarray(truth) != 0), "lime"), (predicted, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2, origin="lower")
+        ax.set_title(f"slice {index} (axis {axis})", fontsize=9)
+        ax.axis("off")
+    handles = [Line2D([], [], color="lime", label="truth (outline)"),
+               Patch(facecolor="red", edgecolor="red", alpha=0.5, label="prediction")]
+    figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return _save(figure, path)

@@ -178,6 +178,24 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], title: str = "Evaluat
     return "\n".join(lines) + "\n"
 
 
+def dice_table(summary: Sequence[Mapping[str, Any]]) -> str:
+    """The console table of ``vol-transfer evaluate``: per split and class, n and Dice mean ± SD, median, IQR.
+
+    >>> print(dice_table(summarise([{"subject_id": "a", "split": "test", "class": "core", "dice": 0.8,
+    ...                              "hd95": 1.0, "asd": 1.0, "volume_difference_ml": 0.0,
+    ...                              "sensitivity": 1.0, "precision": 1.0}])))
+    | split | class | n | Dice mean ± SD | median | IQR | excluded |
+    |---|---|---|---|---|---|---|
+    | test | core | 1 | 0.8000 ± – | 0.8000 | 0.8000–0.8000 | 0 |
+    """
+    lines = ["| split | class | n | Dice mean ± SD | median | IQR | excluded |", "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        if s["metric"] == "dice":
+            lines.append(f"| {s['split']} | {s['class']} | {s['n']} | {_number(s['mean'])} ± {_number(s['sd'])} | "
+                         f"{_number(s['median'])} | {_number(s['q1'])}–{_number(s['q3'])} | {s['n_excluded']} |")
+    return "\n".join(lines)
+
+
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")

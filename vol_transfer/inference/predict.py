@@ -77,7 +77,9 @@ class InferenceOptions:
         bf16: run under bfloat16 autocast (outputs are returned as float32).
         channels_last: use the ``channels_last_3d`` memory layout (faster convolutions on CPU).
         fuse: fold BatchNorms into the preceding convolutions (:mod:`~vol_transfer.inference.fusion`).
-        tta: average the logits over the identity and one flip per spatial axis (4 passes).
+        tta: average the logits over the identity and one flip per axis of ``flip_axes``.
+        flip_axes: the spatial axes (0, 1, 2) ``tta`` flips, one pass each: only those the model
+            was trained with (``vol-transfer infer`` reads them from the checkpoint's recipe).
         device: where to run; default the model's device.
         progress: show a tqdm bar; a string is used as its label.
     """
@@ -93,6 +95,7 @@ class InferenceOptions:
     channels_last: bool = True
     fuse: bool = True
     tta: bool = False
+    flip_axes: tuple[int, ...] = (0, 1, 2)
     device: str | torch.device | None = None
     progress: bool | str = False
 
@@ -105,6 +108,8 @@ class InferenceOptions:
             raise ValueError(f"overlap must be in [0, 1), not {self.overlap!r}")
         if min(self.window_size) < 1:
             raise ValueError(f"window must be positive, not {self.window!r}")
+        if any(axis not in (0, 1, 2) for axis in self.flip_axes):
+            raise ValueError(f"flip_axes must be among 0, 1, 2, not {self.flip_axes!r}")
         if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
             raise ValueError(f"memory_budget_gb must be > 0, not {self.memory_budget_gb!r}")
 
@@ -262,8 +267,9 @@ def _progress_bar(options: InferenceOptions, plan: InferencePlan, passes: int):
     return tqdm(total=plan.steps * passes, desc=label, unit=unit, leave=False)
 
 
-def _flips(tta: bool) -> list[tuple[int, ...]]:
-    return [(), (1,), (2,), (3,)] if tta else [()]
+def _flips(options: InferenceOptions) -> list[tuple[int, ...]]:
+    """The tensor dims flipped in each pass: none, then each of ``flip_axes`` (dim = axis + 1)."""
+    return [()] + [(axis + 1,) for axis in sorted(set(options.flip_axes))] if options.tta else [()]
 
 
 def predict_logits(
@@ -281,7 +287,7 @@ def predict_logits(
     device = torch.device(options.device) if options.device is not None else _model_device(model)
     plan = plan_inference(model, tensor.shape[1:], options)
     log.info(plan.describe())
-    flips = _flips(options.tta)
+    flips = _flips(options)
     bar = _progress_bar(options, plan, len(flips))
     step = bar.update if bar is not None else None
     total: torch.Tensor | None = None

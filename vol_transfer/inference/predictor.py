@@ -6,8 +6,11 @@ stored preprocessing, predict (:mod:`vol_transfer.inference.predict`), undo the
 spatial preprocessing, optionally renumber the classes to the dataset's label values, and write
 ``<case>_seg.nii.gz`` (uint8) and ``<case>_prob.nii.gz`` (float32, classes last) with the
 original image's shape and affine — so ITK-SNAP, 3D Slicer, nibabel and SimpleITK overlay them on
-the input. Outputs are written atomically, an input is never overwritten, and
-``inference_timings.csv`` records per-case timings.
+the input. Outputs are written atomically, an input is never overwritten, one run at a time writes
+an output folder (:mod:`vol_transfer.io.folder_lock`), and ``inference_timings.csv`` records per
+case its timings and what produced it (:mod:`vol_transfer.inference.records`), so ``resume=True``
+keeps the cases an interrupted run finished. Inputs whose grid a NIfTI cannot hold (a sheared
+affine) are refused before any work.
 
 Example::
 
@@ -18,8 +21,7 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import io
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,14 +30,23 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from vol_transfer.errors import CheckpointError, OutputExistsError, PathLike, RecipeError
+from vol_transfer.errors import CheckpointError, InputDataError, OutputExistsError, PathLike, RecipeError, WriteError
 from vol_transfer.inference.predict import InferenceOptions, plan_inference, predict_logits
-from vol_transfer.io.atomic import atomic_write_text, refuse_to_overwrite
+from vol_transfer.inference.records import (
+    TIMING_COLUMNS,
+    TIMINGS_FILE,
+    file_identity,
+    fingerprint,
+    is_finished,
+    read_timings,
+    write_timings,
+)
+from vol_transfer.io.atomic import refuse_to_overwrite, remove_stale_temporaries
 from vol_transfer.io.case_inputs import CHANNELS_FIX, Case
-from vol_transfer.io.volumes import Volume, save_volume
+from vol_transfer.io.folder_lock import FolderLock
+from vol_transfer.io.volumes import AFFINE_TOLERANCE, Volume, check_affine, header_geometry, nifti_placement_drift, save_volume
 
-TIMINGS_FILE = "inference_timings.csv"
-TIMING_COLUMNS = ("case", "shape", "strategy", "steps", "load_s", "preprocess_s", "predict_s", "write_s", "total_s")
+__all__ = ["Predictor", "parse_label_map", "check_writable_grid", "TIMINGS_FILE", "TIMING_COLUMNS", "write_timings"]
 
 
 def parse_label_map(text: str | None, metadata: Mapping[str, Any], where: str = "--map-labels") -> dict[int, int] | None:
@@ -95,7 +106,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, options: InferenceOptions | None = None,
-                        map_labels: str | None = None) -> "Predictor":
+                        map_labels: str | None = None, say: Callable[[str], None] | None = None) -> "Predictor":
+        """Load a checkpoint; with ``options.tta`` only the flips its training used (:mod:`~vol_transfer.inference.tta`)."""
+        from vol_transfer.inference.tta import tta_options
         from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
 
         checkpoint = load_checkpoint(path)
@@ -113,8 +126,10 @@ class Predictor:
         elif len(channels) != inputs:
             raise CheckpointError(path, f"its metadata names {len(channels)} channels ({', '.join(channels)}) for a "
                                         f"network with {inputs} input channels", "store one name per input channel")
+        options = tta_options(options or InferenceOptions(), metadata, str(path),
+                              say or (lambda text: print(text, file=sys.stderr)))
         return cls(model=model, channels=channels, preprocessing=metadata.get("preprocessing"),
-                   options=options or InferenceOptions(), label_map=parse_label_map(map_labels, metadata),
+                   options=options, label_map=parse_label_map(map_labels, metadata),
                    name=str(path), metadata=dict(metadata))
 
     def load(self, case: Case) -> Volume:
@@ -164,6 +179,7 @@ class Predictor:
         out_dir = Path(out_dir)
         start = time.perf_counter()
         volume = self.load(case)
+        check_writable_grid(volume.affine, volume.spatial_shape, case.where or volume.name)
         loaded = time.perf_counter()
         prepared, inverse = Preprocessor.from_spec(self.preprocessing).apply(volume)
         prepped = time.perf_counter()
@@ -185,30 +201,100 @@ class Predictor:
             "predict_s": predicted - prepped, "write_s": done - predicted, "total_s": done - start,
         }
 
+    def fingerprint(self) -> str:
+        """What decides this predictor's outputs (weights, preprocessing, channels, labels, options)."""
+        options = {k: getattr(self.options, k) for k in ("mode", "window", "overlap", "blend", "bf16", "tta",
+                                                         "flip_axes", "halo", "fuse")}
+        return fingerprint(self.model, {"preprocessing": self.preprocessing, "channels": self.channels,
+                                        "label_map": self.label_map, "options": options})
+
     def run(self, cases: Sequence[Case], out_dir: PathLike, *, probabilities: bool = False,
-            overwrite: bool = False, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-        """Segment every case; check all outputs first so a refusal writes nothing."""
+            overwrite: bool = False, resume: bool = False,
+            say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        """Segment every case into ``out_dir``; return the timing rows of the cases computed.
+
+        Every refusal comes before any work: ``out_dir`` a file, an output that would replace an
+        input or an existing output (without ``overwrite``), an input grid a NIfTI cannot hold, or
+        another run writing ``out_dir``. With ``resume``, cases whose outputs this predictor
+        already wrote whole (per ``inference_timings.csv``) are kept, not recomputed.
+        """
         out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputExistsError(out_dir, "is a file, not a folder", "choose an output folder (it is created if missing)")
         inputs = [p for case in cases for p in case.paths]
         for case in cases:
             for target in self.output_paths(case, out_dir, probabilities):
-                refuse_to_overwrite(target, inputs, overwrite=overwrite)
+                refuse_to_overwrite(target, inputs, overwrite=True)
                 for source in case.paths:
                     if source.is_dir() and target.resolve().is_relative_to(source.resolve()):
                         raise OutputExistsError(target, "output would be written inside an input DICOM folder",
                                                 "choose an --out folder outside the inputs")
-        rows = []
         for case in cases:
-            rows.append(self.predict_case(case, out_dir, probabilities=probabilities, overwrite=overwrite, say=say))
-            write_timings(rows, out_dir / TIMINGS_FILE)
+            for path in case.paths:
+                geometry = header_geometry(path)
+                if geometry is not None:
+                    check_writable_grid(*geometry, path)
+        created = not out_dir.exists()
+        try:
+            with FolderLock(out_dir, say=say):
+                return self._run_locked(cases, out_dir, probabilities, overwrite, resume, say)
+        finally:
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a refusal leaves no empty folder behind
+
+    def _run_locked(self, cases: Sequence[Case], out_dir: Path, probabilities: bool, overwrite: bool,
+                    resume: bool, say: Callable[[str], None]) -> list[dict[str, Any]]:
+        targets = {case.name: self.output_paths(case, out_dir, probabilities) for case in cases}
+        stale = remove_stale_temporaries(out_dir, [TIMINGS_FILE] + [t.name for paths in targets.values() for t in paths])
+        if stale:
+            say(f"removed {len(stale)} temporary file(s) left by an interrupted run in {out_dir}")
+        records = read_timings(out_dir / TIMINGS_FILE)
+        key = self.fingerprint()
+        todo = []
+        for case in cases:
+            ours = resume and records.get(case.name, {}).get("fingerprint") == key  # written by an equal run
+            if ours and is_finished(records[case.name], targets[case.name], key):
+                continue
+            for target in targets[case.name]:
+                if target.exists() and not overwrite and not ours:  # ours but broken: redone
+                    why = (f"exists and {TIMINGS_FILE} does not record it as written whole by this checkpoint with "
+                           "these options" if resume else "already exists")
+                    raise OutputExistsError(target, why, "pass --overwrite (with --resume only unfinished cases are "
+                                                         "recomputed), or choose another output folder")
+            todo.append(case)
+        if resume:
+            say(f"resume: {len(cases) - len(todo)} of {len(cases)} case(s) already done in {out_dir}, "
+                f"{len(todo)} to segment")
+        rows: list[dict[str, Any]] = []
+        written: dict[Path, tuple[int, int, int]] = {}
+        for case in todo:
+            row = self.predict_case(case, out_dir, probabilities=probabilities, overwrite=True, say=say)
+            row.update(checkpoint=self.name, fingerprint=key)
+            written.update({path: file_identity(path) for path in targets[case.name]})
+            records[case.name] = row
+            write_timings(list(records.values()), out_dir / TIMINGS_FILE)
+            rows.append(row)
+        replaced = [path for path, identity in written.items() if not path.is_file() or file_identity(path) != identity]
+        if replaced:
+            raise WriteError(replaced[0], f"was replaced by another process while this run wrote {out_dir} "
+                                          f"({len(replaced)} file(s))",
+                             "make sure one run at a time writes this folder, then rerun with --resume --overwrite")
         return rows
 
 
-def write_timings(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
-    """Per-case timings as CSV (seconds with 3 decimals), written atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TIMING_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in row.items()})
-    return atomic_write_text(path, buffer.getvalue())
+def check_writable_grid(affine: np.ndarray, shape: Sequence[int], where: PathLike) -> None:
+    """Refuse an input grid whose segmentation a NIfTI cannot hold faithfully, before any work.
+
+    A singular affine has no place in space; a sheared one is read differently by ITK-based tools
+    (which fall back to the orthogonal qform) than by nibabel.
+    """
+    check_affine(affine, where)
+    matrix = np.asarray(affine, dtype=float)[:3, :3]
+    directions = matrix / np.sqrt((matrix ** 2).sum(axis=0))
+    if np.allclose(directions.T @ directions, np.eye(3), atol=1e-7):
+        return  # orthogonal: nothing to measure
+    drift = nifti_placement_drift(affine, shape)
+    if drift > AFFINE_TOLERANCE:
+        raise InputDataError(where, f"the affine is sheared (non-orthogonal), so a segmentation on this grid would "
+                                    f"be placed up to {drift:.3g} mm apart by ITK-based tools and by nibabel",
+                             "resample the input onto an orthogonal grid (e.g. with SimpleITK or 3D Slicer), then rerun")

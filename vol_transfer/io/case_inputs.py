@@ -198,6 +198,12 @@ def _cases_by_name(folder: Path, entries: list[Path], files: list[Path], channel
 def _cases_in_folder(folder: Path, channels: Sequence[str], names: ChannelNames | None) -> list[Case]:
     if _is_dicom_folder(folder):
         return [_bare(folder, channels, names)] if not (names and names.patterns) else []
+    if names is None:
+        from vol_transfer.io.nnunet import nnunet_cases  # lazily: it builds on this module's Case
+
+        nnunet = nnunet_cases(folder, channels)  # <case>_0000.nii.gz … (None when it is not such a folder)
+        if nnunet is not None:
+            return nnunet
     children = sorted(folder.iterdir())
     files = [p for p in children if _is_image(p)]
     folders = [p for p in children if p.is_dir() and not p.name.startswith(".")]

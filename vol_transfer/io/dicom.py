@@ -18,6 +18,7 @@ Example (needs DICOM files, so not run here)::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -73,9 +74,22 @@ def _read_header(path: Path) -> Dataset | None:
         return None
 
 
+_TRUNCATED_FIX = "re-export or re-download the file (or remove it from the series)"
+
+
 def _read_full(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(path)
+        ended = [w for w in caught if "End of file reached" in str(w.message)]
+        for w in caught:
+            if w not in ended:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if ended or len(dataset) == 0:  # pydicom gives up on an encapsulated stream cut short
+            raise DicomError(path, "is truncated: the file ends before its last data element (the pixel data) is complete",
+                             _TRUNCATED_FIX)
+        return dataset
     except InvalidDicomError:
         raise DicomError(path, "is not a DICOM file (no 'DICM' marker)", "pass a DICOM file or folder") from None
     except (EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -276,9 +290,7 @@ def _pixels(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     try:
         stored = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing decoders and broken streams
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        raise DicomError(path, f"cannot decode pixel data ({name}: {_first_line(exc)})", _DECODER_FIX) from None
+        raise _pixel_error(path, ds, exc) from None
     if "ModalityLUTSequence" in ds:
         return stored, np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
     # the common case, done in float32 directly (pydicom's LUT goes through float64: 2x slower)
@@ -289,6 +301,25 @@ def _pixels(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     if intercept != 0.0:
         values += np.float32(intercept)
     return stored, values
+
+
+def _pixel_error(path: Path, ds: Dataset, exc: Exception) -> DicomError:
+    """Why the pixels cannot be had: a damaged or truncated file, or (only then) a missing decoder."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", str(syntax))
+    detail = _first_line(exc)
+    if syntax is None or not getattr(syntax, "is_compressed", False):
+        return DicomError(path, f"pixel data is truncated or damaged ({name}: {detail})", _TRUNCATED_FIX)
+    try:
+        from pydicom.pixels import get_decoder
+
+        available = get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError):  # no decoder exists for this syntax at all
+        available = False
+    if available:
+        return DicomError(path, f"compressed pixel data ({name}) cannot be decoded, so the file is damaged or "
+                                f"truncated ({detail})", _TRUNCATED_FIX)
+    return DicomError(path, f"cannot decode pixel data ({name}: {detail})", _DECODER_FIX)
 
 
 def _rescaled(path: Path, ds: Dataset) -> np.ndarray:

@@ -102,11 +102,38 @@ def _gunzip_verified(path: Path) -> bytes:
     return b"".join(chunks)
 
 
+class _NotNifti(ValueError):
+    """The bytes are readable but are not a NIfTI image."""
+
+
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "gzip-compressed data"),
+          (b"PK\x03\x04", "a zip archive"), (b"%PDF", "a PDF document"))
+
+
+def _what_bytes_hold(raw: bytes) -> str:
+    """A guess at what non-NIfTI bytes are, for messages."""
+    for magic, what in _MAGIC:
+        if raw.startswith(magic):
+            return what
+    if raw[128:132] == b"DICM":
+        return "a DICOM file"
+    head = raw[:256]
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"text starting {head[:24].decode(errors='replace')!r}"
+    return "unknown data"
+
+
 def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
     header_size = int(np.frombuffer(raw[:4], dtype="<i4")[0]) if len(raw) >= 4 else 0
     if header_size in (540, 540 << 24):  # NIfTI-2, either byte order
         return nib.Nifti2Image.from_bytes(raw)
+    if header_size not in (348, 348 << 24):  # sizeof_hdr, the first field of every NIfTI-1 header
+        raise _NotNifti(_what_bytes_hold(raw))
     return nib.Nifti1Image.from_bytes(raw)
+
+
+_NIBABEL_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
+                   nib.wrapstruct.WrapStructError)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -114,9 +141,20 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
         if path.name.lower().endswith(".gz"):
             image = _nifti_from_bytes(_gunzip_verified(path))
         else:
+            with open(path, "rb") as handle:
+                start = handle.read(352)
+            if len(start) >= 4 and int(np.frombuffer(start[:4], dtype="<i4")[0]) not in (348, 348 << 24, 540, 540 << 24):
+                raise _NotNifti(_what_bytes_hold(start))
             image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except _NotNifti as exc:
+        packed = "gzip-compressed, but " if path.name.lower().endswith(".gz") else ""
+        raise InputDataError(
+            path, f"is not a NIfTI image although named {''.join(path.suffixes[-2:]) or path.suffix}: it is {packed}"
+                  f"{exc} (no NIfTI header)",
+            "pass the NIfTI file itself, or convert the image to NIfTI first (e.g. with SimpleITK)",
+        ) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, *_NIBABEL_ERRORS) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "incorrect data check" in reason:
             reason = "gzip CRC check failed: the compressed voxels are damaged"
@@ -135,8 +173,11 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise InputDataError(path, f"cannot read image ({first_line})", "re-export the file") from None
-    data = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C])
     spatial_dims = image.GetDimension()
+    if spatial_dims < 3:
+        raise InputDataError(path, f"has {spatial_dims} dimensions {tuple(image.GetSize())}; expected a 3D volume",
+                             "pass a 3D image (2D images are read by the 2D tools, e.g. vol_transfer.io.images2d)")
+    data = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C])
     if image.GetNumberOfComponentsPerPixel() > 1:
         # (Z, Y, X, C) → (X, Y, Z, C): the NIfTI layout, so _as_channels_first treats both alike
         data = np.transpose(data, (*range(spatial_dims - 1, -1, -1), spatial_dims))
@@ -204,11 +245,34 @@ def load_volume(path: PathLike, *, dtype: np.dtype | type | None = None, allow_n
             path, "unsupported file type", f"use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)} (or a DICOM folder)"
         )
     array = _as_channels_first(np.asarray(data), path)
+    check_affine(affine, path)
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     if not allow_nonfinite:
         check_finite(array, path)
     return Volume(array=array, affine=affine, paths=(path,), header=header)
+
+
+def check_affine(affine: np.ndarray, where: PathLike) -> None:
+    """Raise if the voxel → world matrix is not finite or is singular (no position in space).
+
+    >>> check_affine(np.diag([1.0, 1.0, 0.0, 1.0]), "scan.nii.gz")
+    Traceback (most recent call last):
+    ...
+    vol_transfer.errors.InputDataError: scan.nii.gz: the affine (voxel → world mm) is singular: voxel axis 2 has length 0, so its voxels have no place in space — repair the header's sform/qform (e.g. re-export the file, or set them with nibabel) and rerun
+    """
+    matrix = np.asarray(affine, dtype=float)
+    fix = "repair the header's sform/qform (e.g. re-export the file, or set them with nibabel) and rerun"
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise InputDataError(where, "the affine (voxel → world mm) holds NaN or infinite values", fix)
+    lengths = np.sqrt((matrix[:3, :3] ** 2).sum(axis=0))
+    if np.any(lengths == 0):
+        axes = ", ".join(str(int(i)) for i in np.flatnonzero(lengths == 0))
+        raise InputDataError(where, f"the affine (voxel → world mm) is singular: voxel axis {axes} has length 0, "
+                                    "so its voxels have no place in space", fix)
+    if abs(np.linalg.det(matrix[:3, :3])) < 1e-6 * float(np.prod(lengths)):
+        raise InputDataError(where, "the affine (voxel → world mm) is singular: its voxel axes are parallel, "
+                                    "so its voxels have no place in space", fix)
 
 
 def same_geometry(a: np.ndarray, b: np.ndarray, tolerance: float = AFFINE_TOLERANCE) -> bool:
@@ -322,8 +386,8 @@ def save_volume(
     return path
 
 
-def _check_itk_reads_same_geometry(written: Path, affine: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
-    """Refuse a NIfTI whose geometry ITK would read differently from nibabel (a sheared affine).
+def _itk_drift(written: Path, affine: np.ndarray, shape: tuple[int, ...]) -> float:
+    """How far (mm, at the grid's corners) ITK places the voxels of a written NIfTI from ``affine``.
 
     nibabel reads the sform; ITK falls back to the qform, which cannot hold shear, when the sform
     is not orthonormal. Reading the written header back (no voxels) is the only sure test.
@@ -334,11 +398,49 @@ def _check_itk_reads_same_geometry(written: Path, affine: np.ndarray, shape: tup
     reader.SetFileName(str(written))
     reader.ReadImageInformation()
     if len(reader.GetSpacing()) < 3 or len(shape) < 3:
-        return  # 2D: no third axis to disagree about
+        return 0.0  # 2D: no third axis to disagree about
     itk_affine = itk_geometry_to_affine(reader)
     corners = np.array([[i, j, k, 1] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
-    corners[:, :3] *= np.maximum(np.asarray(shape, dtype=float) - 1, 0)
-    drift = float(np.abs((itk_affine - affine) @ corners.T).max())
+    corners[:, :3] *= np.maximum(np.asarray(shape[:3], dtype=float) - 1, 0)
+    return float(np.abs((itk_affine - affine) @ corners.T).max())
+
+
+def nifti_placement_drift(affine: np.ndarray, shape: Sequence[int]) -> float:
+    """What :func:`_itk_drift` would be for a NIfTI written on this grid (sheared affines: > 0).
+
+    Lets a command refuse a sheared input before any work, naming the input. Writes only a
+    one-voxel header file to a temporary folder.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe.nii"
+        nib.save(_nifti_image(np.zeros((1, 1, 1), np.uint8), np.asarray(affine, dtype=float), None), str(probe))
+        return _itk_drift(probe, np.asarray(affine, dtype=float), tuple(int(s) for s in shape))
+
+
+def header_geometry(path: PathLike) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """(affine, spatial shape) of an image file from its header alone; None for folders or unreadable files."""
+    path = Path(path)
+    try:
+        if is_nifti(path):
+            image = nib.load(str(path))
+            return image.affine.copy(), tuple(int(s) for s in image.shape[:3])
+        if is_itk(path):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            return itk_geometry_to_affine(reader), tuple(int(s) for s in reader.GetSize()[:3])
+    except Exception:  # noqa: BLE001 - the full read reports what is wrong with the file
+        return None
+    return None
+
+
+def _check_itk_reads_same_geometry(written: Path, affine: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a NIfTI whose geometry ITK would read differently from nibabel (a sheared affine)."""
+    drift = _itk_drift(written, affine, shape)
     if drift > AFFINE_TOLERANCE:
         raise InputDataError(
             path,

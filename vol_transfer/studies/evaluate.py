@@ -32,11 +32,24 @@ def class_values(metadata: Mapping[str, Any]) -> tuple[dict[str, list[int]], dic
     return truth, predicted
 
 
+def _subjects(manifest: Any, split: str, fold: int | None) -> list[Any]:
+    from types import SimpleNamespace
+
+    from vol_transfer.training.segmentation_data import split_subjects
+
+    folds = SimpleNamespace(train_split="train", validation_split="validation", fold=fold)
+    return split_subjects(manifest, folds, split)
+
+
 def evaluate_checkpoint(
     checkpoint: PathLike, manifest: PathLike, data_root: PathLike | None, splits: Sequence[str],
-    options: Any = None,
+    options: Any = None, fold: int | None = None,
 ) -> dict[str, list[float]]:
-    """Split → per-subject mean foreground Dice (subjects without a label are skipped; NaN: nothing to score)."""
+    """Split → per-subject mean foreground Dice (subjects without a label are skipped; NaN: nothing to score).
+
+    With ``fold`` (a cross-validated run), ``validation`` is that fold of the training split — the
+    cases the run held out — exactly as training chose them (``data.fold``).
+    """
     from vol_transfer.evaluation.metrics import mean_dice
     from vol_transfer.evaluation.report import evaluate_case
     from vol_transfer.inference.predict import InferenceOptions
@@ -51,7 +64,7 @@ def evaluate_checkpoint(
     results: dict[str, list[float]] = {}
     for split in splits:
         scores = []
-        for subject in loaded.subjects(split):
+        for subject in _subjects(loaded, split, fold):
             if subject.label is None:
                 continue
             image, label = load_case(subject, predictor.channels)

@@ -1,4 +1,7 @@
-"""A study's report: tables in the study's layout, plots, ``report.md`` and ``results.csv``.
+"""A study's report: tables in the study's layout, plots, ``report.md``, ``report.html`` and ``results.csv``.
+
+``report.html`` is the same report as one self-contained page (tables as HTML, the plots embedded
+as PNG data, no script and no network access): open it in any browser, attach it to an e-mail.
 
 Per-subject Dice that is NaN (no class in prediction or truth) is left out of every mean, SD,
 count and box, as in ``vol-transfer evaluate`` (:func:`vol_transfer.evaluation.metrics.mean_dice`).
@@ -208,7 +211,7 @@ def write_report(
     notes: str = "",
     reference_table: str = "",
 ) -> Path:
-    """Write ``report.md``, ``results.csv`` and the PNGs into ``folder``; return the report path."""
+    """Write ``report.md``, ``report.html``, ``results.csv`` and the PNGs into ``folder``; return the report path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     splits = [s for s in SPLITS if any(s in r.dice for r in results)]
@@ -231,4 +234,50 @@ def write_report(
         plot_dice_boxes(results, split, folder / f"dice_box_{split}.png")
         sections += [f"![Dice per arm, {split}](dice_box_{split}.png)", ""]
     atomic_write_text(folder / "results.csv", results_csv(results, threshold))
-    return atomic_write_text(folder / "report.md", "\n".join(sections))
+    markdown_text = "\n".join(sections)
+    report = atomic_write_text(folder / "report.md", markdown_text)
+    atomic_write_text(folder / "report.html", report_html(markdown_text, folder, title))
+    return report
+
+
+HTML_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .2em; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
+code { background: #f3f3f3; padding: 0 .25em; }
+"""
+
+
+def report_html(markdown_text: str, folder: Path, title: str) -> str:
+    """``report.md`` as one self-contained HTML page: the PNGs it links are embedded as data URIs.
+
+    >>> page = report_html("# T\\n\\n| a | b |\\n|---|---|\\n| 1 | 2 |\\n", Path("."), "T")
+    >>> "<table>" in page and "<td>1</td>" in page and "http" not in page
+    True
+    """
+    import base64
+    import html
+    import re
+
+    import markdown
+
+    def embed(match: re.Match) -> str:
+        alt, name = match.group(1), match.group(2)
+        path = folder / name
+        if not path.is_file():
+            return f"*(missing figure {name})*"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{alt}](data:image/png;base64,{data})"
+
+    text = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", embed, markdown_text)
+    body = markdown.markdown(text, extensions=["tables"], output_format="html")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}\n"
+            "</body>\n</html>\n")

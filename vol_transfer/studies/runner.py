@@ -19,7 +19,7 @@ import math
 import os
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +28,8 @@ from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.recipes import resolve_recipe
 from vol_transfer.studies.cross_validation import HELD_OUT, comparison_table, pool_folds
 from vol_transfer.studies.plan import Arm, StudyConfig, StudyPlan, plan_study, shell_line
+from vol_transfer.studies.hparams import write_arm_hparams
+from vol_transfer.studies.progress import watch_arms
 from vol_transfer.studies.report import write_report
 from vol_transfer.studies.results import ArmResult, CurvePoint
 
@@ -98,13 +100,12 @@ def train_arms(plan: StudyPlan, recipe: Path, data_root: Path | None, parallel: 
         echo(f"{done} of {len(plan.arms)} arms already finished; not rerun")
     failed: list[Arm] = []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        started = time.perf_counter()
-        futures = [pool.submit(_train_arm, arm, recipe, data_root) for arm in pending]
-        for future in as_completed(futures):
+        futures = {pool.submit(_train_arm, arm, recipe, data_root): arm for arm in pending}
+        for future, minutes in watch_arms(futures, echo):  # starts, log paths, per-arm progress and ETA
             arm, code = future.result()
             done += 1
             status = "ok" if code == 0 else f"FAILED (exit {code}, see {arm.run_dir / 'train.log'})"
-            echo(f"[{done}/{len(plan.arms)}] {arm.label}: {status}  ({(time.perf_counter() - started) / 60:.1f} min)")
+            echo(f"[{done}/{len(plan.arms)}] {arm.label}: {status}  ({minutes:.1f} min)")
             if code != 0:
                 failed.append(arm)
     return failed
@@ -178,7 +179,7 @@ def evaluate_arm(arm: Arm, manifest: Path, data_root: Path | None, splits: Seque
         cached = json.loads(cache.read_text())
         if cached.get("checkpoint_mtime_ns") == stamp and set(splits) <= set(cached["dice"]):
             return {s: cached["dice"][s] for s in splits}
-    dice = evaluate_checkpoint(checkpoint, manifest, data_root, splits)
+    dice = evaluate_checkpoint(checkpoint, manifest, data_root, splits, fold=arm.fold)
     atomic_write_text(cache, json.dumps({"checkpoint_mtime_ns": stamp, "dice": dice}, indent=1) + "\n")
     return dice
 
@@ -224,6 +225,7 @@ def run_study(
         echo(f"evaluating {arm.label} on {', '.join(splits)}")
         arm_manifest = next((Path(o.split("=", 1)[1]) for o in arm.overrides if o.startswith("data.manifest=")), manifest)
         results.append(collect_arm(arm, evaluate_arm(arm, arm_manifest, evaluation_root, splits)))
+        write_arm_hparams(arm, results[-1])  # TensorBoard's HParams tab compares the arms
         folds.append(arm.fold)
     if not results:
         raise InputDataError(folder, "no finished arm to report", "train the arms first (drop --report-only)")
@@ -242,6 +244,7 @@ def run_study(
     reference = STUDY_ABLATION_TABLE if config.kind == "freeze_ablation" else STUDY_SIZE_TABLE
     report = write_report(results, folder, title=title, kind=config.kind, threshold=config.threshold, notes=notes,
                           reference_table=reference)
-    echo(f"report: {report}  ({(time.perf_counter() - started) / 60:.1f} min)")
     echo(report.read_text())
+    echo(f"report: {report}, {report.with_suffix('.html')} (self-contained, open in a browser); TensorBoard: "
+         f"tensorboard --logdir {folder} (HParams tab: arms side by side)  ({(time.perf_counter() - started) / 60:.1f} min)")
     return {"report": str(report), "arms": len(results)}

@@ -76,6 +76,94 @@ def overlay_slice(image: np.ndarray, label: np.ndarray | None, alpha: float = 0.
     return rgb.astype(np.float32)
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def overlay_panel(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, case: str,
+                  classes: Sequence[str], slices: int = 3, min_side: int = 192, channel: str = "") -> np.ndarray:
+    """An RGB ``(3, H, W)`` float image for TensorBoard: ``slices`` axial slices spread over the label
+    (rows), truth and prediction side by side (columns), each scaled up to at least ``min_side`` pixels,
+    titled with the case, the slice and the column, and a legend of the class colours.
+
+    ``image`` is one channel ``(X, Y, Z)``; ``label`` and ``prediction`` are class indices on its grid.
+    Slices show X to the right and Y up (voxel order).
+
+    >>> panel = overlay_panel(np.random.rand(20, 30, 12), np.ones((20, 30, 12), int), np.zeros((20, 30, 12), int),
+    ...                       "case_1", ["background", "core"])
+    >>> panel.shape[0], panel.shape[1] >= 3 * 192, panel.dtype
+    (3, True, dtype('float32'))
+    """
+    from PIL import Image, ImageDraw
+
+    from vol_transfer.evaluation.plots import spread_slices
+
+    indices = spread_slices(np.asarray(label) > 0, np.asarray(prediction) > 0, slices)
+    x, y = image.shape[:2]
+    scale = max(1, min(8, -(-min_side // min(x, y))))
+    tile_w, tile_h = x * scale, y * scale
+    header, row_title, gap, legend_h = 24, 18, 6, 26
+    width = 2 * tile_w + 3 * gap
+    height = header + len(indices) * (row_title + tile_h + gap) + legend_h
+    canvas = Image.new("RGB", (width, height), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(14), _font(12)
+    what = f" ({channel})" if channel else ""
+    draw.text((gap, 4), f"{case}{what}: truth | prediction", fill=(240, 240, 240), font=font)
+    top = header
+    for z in indices:
+        for column, classes_map in enumerate((label, prediction)):
+            rgb = overlay_slice(image[:, :, z], np.asarray(classes_map)[:, :, z])  # (3, X, Y)
+            pixels = (np.clip(rgb.transpose(2, 1, 0)[::-1], 0, 1) * 255).astype(np.uint8)  # rows = Y, up
+            tile = Image.fromarray(np.ascontiguousarray(pixels)).resize((tile_w, tile_h), Image.NEAREST)
+            left = gap + column * (tile_w + gap)
+            draw.text((left, top + 2), f"{'truth' if column == 0 else 'prediction'}, slice z={z}",
+                      fill=(220, 220, 220), font=small)
+            canvas.paste(tile, (left, top + row_title))
+        top += row_title + tile_h + gap
+    left = gap
+    for index, name in enumerate(list(classes)[1:], start=1):
+        colour = tuple(int(c * 255) for c in _PALETTE[min(index, len(_PALETTE) - 1)])
+        draw.rectangle((left, top + 6, left + 12, top + 18), fill=colour)
+        draw.text((left + 16, top + 5), name, fill=(230, 230, 230), font=small)
+        left += 16 + int(draw.textlength(name, font=small)) + 14
+    return (np.asarray(canvas, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def write_hparams(log_dir: Path, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> Path:
+    """Write one run's hyper-parameters and final metrics for TensorBoard's HParams tab.
+
+    ``log_dir`` is the run's ``tensorboard/`` folder; the record goes to its ``hparams/`` subfolder
+    (rewritten each time), so ``tensorboard --logdir STUDY`` lists every arm as a row of the tab.
+    Values other than numbers, booleans and strings are written as text; NaN metrics are left out.
+    """
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(log_dir) / "hparams"
+    if folder.exists():
+        shutil.rmtree(folder)
+    clean = {k: (v if isinstance(v, (int, float, bool, str)) else str(v)) for k, v in hparams.items()}
+    scores = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(float(v))}
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    writer = SummaryWriter(str(folder))  # one events file: the hparams summaries and the metrics as scalars
+    try:
+        for summary in hparams_summaries(clean, scores):
+            writer.file_writer.add_summary(summary)
+        for key, value in scores.items():
+            writer.add_scalar(key, value)
+    finally:
+        writer.close()
+    return folder
+
+
 class RunLogger:
     """TensorBoard + metrics.csv + tqdm for one run; every method is a no-op on non-main ranks.
 

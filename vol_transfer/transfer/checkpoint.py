@@ -194,6 +194,11 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(path, "checkpoint file does not exist", "check the path")
     if path.suffix == SAFETENSORS_SUFFIX:
         return _load_safetensors(path, map_location)
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    if start not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):  # torch's zip, or a legacy pickle
+        raise CheckpointError(path, "is not a PyTorch checkpoint (neither torch's zip format nor a pickle)",
+                              "pass the .pt/.pth file saved by torch.save, or a .safetensors file")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -202,7 +207,7 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
             f"refused: the file carries pickled code or objects, not just tensors ({_unsafe_global(error)})",
             "load it only if you trust its source and re-save model.state_dict() with vol_transfer",
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as error:  # KeyError: not a pickle
         raise CheckpointError(
             path, f"file is corrupt or truncated ({_first_line(error)})", "re-copy or re-create the checkpoint"
         ) from error
