@@ -170,7 +170,7 @@ def _train(args: argparse.Namespace) -> int:
     # under torchrun only rank 0 checks and prepares the folder (the others would race with it)
     is_main = int(os.environ.get("RANK", "0")) == 0
     created = not run_dir.exists()
-    lock = FolderLock(run_dir) if is_main else None
+    lock = FolderLock(run_dir, command=f"vol-transfer train {args.recipe} --run-dir {run_dir}") if is_main else None
     if lock is not None:
         lock.acquire()
     try:

@@ -236,7 +236,7 @@ class Predictor:
                     check_writable_grid(*geometry, path)
         created = not out_dir.exists()
         try:
-            with FolderLock(out_dir, say=say):
+            with FolderLock(out_dir, command=f"vol-transfer infer --out {out_dir}", say=say):
                 return self._run_locked(cases, out_dir, probabilities, overwrite, resume, say)
         finally:
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
