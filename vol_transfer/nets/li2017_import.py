@@ -23,6 +23,7 @@ from typing import Mapping
 import torch
 
 from vol_transfer.errors import CheckpointError
+from vol_transfer.nets.monai_import import rename_state
 
 LI2017_CLASSES = 160
 _GROUPS = {0: "conv_0", 4: "conv_1", 6: "conv_2"}
@@ -61,13 +62,7 @@ def li2017_to_ours(state: Mapping[str, torch.Tensor], where: str = "Li 2017 stat
     Raises:
         CheckpointError: naming how many keys have no counterpart and the first few.
     """
-    renamed, unknown = {}, []
-    for key, value in state.items():
-        ours = li2017_key_to_ours(key)
-        if ours is None:
-            unknown.append(key)
-        else:
-            renamed[ours] = value
+    renamed, unknown = rename_state(state, li2017_key_to_ours)
     if unknown:
         raise CheckpointError(where, f"{len(unknown)} key(s) are not fepegar/highresnet's HighRes3DNet "
                                      f"(first: {', '.join(unknown[:3])})",

@@ -54,22 +54,28 @@ def monai_key_to_ours(key: str) -> str | None:
     return None
 
 
+def rename_state(state: Mapping[str, torch.Tensor], key_to_ours) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` under our names (``key_to_ours(key)``), and the keys that have none."""
+    renamed: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        ours = key_to_ours(key)
+        if ours is None:
+            unknown.append(key)
+        else:
+            renamed[ours] = value
+    return renamed, unknown
+
+
 def monai_highresnet_to_ours(state_dict: Mapping[str, torch.Tensor], where: str = "MONAI state dict") -> dict[str, torch.Tensor]:
     """Rename a MONAI HighResNet state dict to our names.
 
     Raises:
         CheckpointError: listing every key that has no counterpart (e.g. a non-default layout).
     """
-    renamed: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if key.startswith(f"blocks.{_CONV_2}.adn.A."):
-            continue  # the PReLU slope after MONAI's last conv: our logits have no activation
-        ours = monai_key_to_ours(key)
-        if ours is None:
-            unknown.append(key)
-        else:
-            renamed[ours] = value
+    # the PReLU slope after MONAI's last conv is dropped: our logits have no activation
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(f"blocks.{_CONV_2}.adn.A.")}
+    renamed, unknown = rename_state(kept, monai_key_to_ours)
     if unknown:
         raise CheckpointError(
             where,
