@@ -21,10 +21,7 @@ from vol_transfer.cli import main
 from vol_transfer.transfer.checkpoint import make_metadata, save_checkpoint
 
 # Known gaps in commands owned elsewhere: strict, so a fix turns them into a failure to remove here.
-KNOWN_GAPS = {
-    ("undeclared_label_value", "evaluate"): "evaluate reads truth labels without the manifest's declared values "
-                                            "(evaluation/report.py, issue 17's owner)",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}  # (case, command) → why it still fails; empty: none known
 RUNS = [pytest.param(case, command, id=f"{case.name}-{command}",
                      marks=[pytest.mark.xfail(reason=KNOWN_GAPS[case.name, command], strict=True)]
                      if (case.name, command) in KNOWN_GAPS else [])

@@ -205,7 +205,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     for pair in pairs[: max(0, args.overlays)]:  # a broken overlay image fails before any output is written
         read_channel(next(iter(next(s for s in subjects if s.subject_id == pair.subject_id).channels.values())))
-    rows = report.evaluate_pairs(pairs, classes, prediction_classes=prediction_classes, progress=not args.no_progress)
+    rows = report.evaluate_pairs(pairs, classes, prediction_classes=prediction_classes, progress=not args.no_progress,
+                                 truth_values=manifest.label_values)
     summary = report.summarise(rows)
     report.write_rows_csv(rows, out / "metrics_per_subject.csv")
     report.write_summary_csv(summary, out / "summary.csv")

@@ -86,11 +86,13 @@ def evaluate_pairs(
     *,
     prediction_classes: Mapping[str, Sequence[int]] | None = None,
     progress: bool = False,
+    truth_values: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics per subject and class (rows with :data:`ROW_COLUMNS`), distances in mm.
 
     Prediction and truth must share one voxel grid (shape and affine); otherwise a one-line
-    :class:`InputDataError` names the prediction file.
+    :class:`InputDataError` names the prediction file. ``truth_values`` (a manifest's declared
+    labels) refuses a truth label holding any other value, instead of scoring it as background.
     """
     pairs = list(pairs)
     if progress:
@@ -103,7 +105,7 @@ def evaluate_pairs(
         prediction = _as_volume(pair.prediction, pair.spacing or truth.spacing, "prediction", pair.subject_id)
         check_same_grid(truth, prediction, "prediction")
         rows.extend(evaluate_case(
-            pair.subject_id, pair.split, label_array(prediction, prediction.name), label_array(truth, truth.name),
+            pair.subject_id, pair.split, label_array(prediction, prediction.name), label_array(truth, truth.name, truth_values),
             classes, truth.spacing, prediction_classes,
         ))
     return rows
