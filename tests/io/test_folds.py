@@ -48,13 +48,6 @@ def test_more_folds_than_patients_is_refused():
         assign_folds(_draft(patients=2), 3)
 
 
-class _Data:
-    train_split, validation_split = "train", "validation"
-
-    def __init__(self, fold):
-        self.fold = fold
-
-
 def test_the_shipped_brats2018_manifest_cross_validates_by_patient(shared_data):
     manifest = read_manifest(MANIFESTS / "brats2018_4mod.csv", data_root=shared_data)
     assert manifest.channel_names == ("flair", "t1", "t1c", "t2")
@@ -62,11 +55,11 @@ def test_the_shipped_brats2018_manifest_cross_validates_by_patient(shared_data):
     duplicate = next(s for s in manifest.subjects() if s.subject_id == "Brats18_2013_20_1")
     assert duplicate.patient_id == "brats_2013_pat0006_1"  # the same scan as that BRATS 2015 case
     for fold in (0, 1):
-        train = {s.subject_id for s in split_subjects(manifest, _Data(fold), "train")}
-        held_out = {s.subject_id for s in split_subjects(manifest, _Data(fold), "validation")}
+        train = {s.subject_id for s in split_subjects(manifest, "train", fold)}
+        held_out = {s.subject_id for s in split_subjects(manifest, "validation", fold)}
         assert len(held_out) == 7 and not train & held_out and len(train | held_out) == 14
     with pytest.raises(RecipeError, match="data.fold"):
-        split_subjects(manifest, _Data(2), "train")
+        split_subjects(manifest, "train", 2)
     plain = read_manifest(MANIFESTS / "brats2015_flair_t1c.csv", data_root=shared_data)
     with pytest.raises(InputDataError, match="--folds"):
-        split_subjects(plain, _Data(0), "train")
+        split_subjects(plain, "train", 0)

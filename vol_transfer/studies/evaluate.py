@@ -32,15 +32,6 @@ def class_values(metadata: Mapping[str, Any]) -> tuple[dict[str, list[int]], dic
     return truth, predicted
 
 
-def _subjects(manifest: Any, split: str, fold: int | None) -> list[Any]:
-    from types import SimpleNamespace
-
-    from vol_transfer.training.segmentation_data import split_subjects
-
-    folds = SimpleNamespace(train_split="train", validation_split="validation", fold=fold)
-    return split_subjects(manifest, folds, split)
-
-
 def evaluate_checkpoint(
     checkpoint: PathLike, manifest: PathLike, data_root: PathLike | None, splits: Sequence[str],
     options: Any = None, fold: int | None = None,
@@ -57,6 +48,7 @@ def evaluate_checkpoint(
     from vol_transfer.io.case import label_array, load_case
     from vol_transfer.io.data_root import resolve_data_root
     from vol_transfer.io.manifest import read_manifest
+    from vol_transfer.training.segmentation_data import split_subjects
 
     predictor = Predictor.from_checkpoint(checkpoint, options or InferenceOptions(progress=False))
     truth_values, predicted_values = class_values(predictor.metadata)
@@ -64,7 +56,7 @@ def evaluate_checkpoint(
     results: dict[str, list[float]] = {}
     for split in splits:
         scores = []
-        for subject in _subjects(loaded, split, fold):
+        for subject in split_subjects(loaded, split, fold):
             if subject.label is None:
                 continue
             image, label = load_case(subject, predictor.channels)

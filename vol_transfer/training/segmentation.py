@@ -245,7 +245,7 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
     load_s = time.perf_counter() - started
     check_labels(train_cases + val_cases, num_classes, manifest.path)
     in_channels = train_cases[0].image.shape[0]
-    channel_names = list(getattr(train_cases[0], "channels", None) or config.data.channels or manifest.channel_names)
+    channel_names = list(train_cases[0].channels)  # resolved by name by the case loader
 
     architecture = network_config(config, in_channels, num_classes)
     model = build_network(architecture)

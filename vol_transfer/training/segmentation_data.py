@@ -22,21 +22,22 @@ class PreparedCase:
     channels: tuple[str, ...] = ()  # the image's channel names, in order (stored in the checkpoint)
 
 
-def split_subjects(manifest: Any, data: Any, split: str) -> list[Any]:
-    """The subjects of ``split``; with ``data.fold = k`` the validation split is fold k of the
-    training split and the training split its other folds (patient-level cross-validation)."""
-    if data.fold is None:
+def split_subjects(manifest: Any, split: str, fold: int | None = None, train_split: str = "train",
+                   validation_split: str = "validation") -> list[Any]:
+    """The subjects of ``split``; with ``fold = k`` the validation split is fold k of the training
+    split and the training split its other folds (patient-level cross-validation)."""
+    if fold is None:
         return manifest.subjects(split)
-    pool = manifest.subjects(data.train_split)
+    pool = manifest.subjects(train_split)
     folds = sorted({s.fold for s in pool if s.fold is not None})
     if not pool or any(s.fold is None for s in pool):
-        raise InputDataError(manifest.path, f"has no fold for every {data.train_split!r} case (data.fold: {data.fold})",
+        raise InputDataError(manifest.path, f"has no fold for every {train_split!r} case (data.fold: {fold})",
                              "write the folds with vol-transfer data manifest --folds K, or drop data.fold")
-    if data.fold not in folds:
-        raise RecipeError("data.fold", f"fold {data.fold} is not in {manifest.path.name} (folds {folds})",
+    if fold not in folds:
+        raise RecipeError("data.fold", f"fold {fold} is not in {manifest.path.name} (folds {folds})",
                           f"choose one of {folds}")
-    held_out = split == data.validation_split
-    return [s for s in pool if (s.fold == data.fold) == held_out]
+    held_out = split == validation_split
+    return [s for s in pool if (s.fold == fold) == held_out]
 
 
 def load_cases(config: SegmentationConfig, split: str, limit: int | None, manifest: Any,
@@ -51,7 +52,8 @@ def load_cases(config: SegmentationConfig, split: str, limit: int | None, manife
     from vol_transfer.io.case import label_array, load_case
     from vol_transfer.preprocessing.labels import remap_labels
 
-    subjects = split_subjects(manifest, config.data, split)
+    data = config.data
+    subjects = split_subjects(manifest, split, data.fold, data.train_split, data.validation_split)
     if limit is not None:
         subjects = subjects[:limit]
     if not subjects:
