@@ -203,8 +203,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name in OUTPUTS:
         refuse_to_overwrite(out / name, inputs, overwrite=args.overwrite)
 
-    for pair in pairs[: max(0, args.overlays)]:  # a broken overlay image fails before any output is written
-        read_channel(next(iter(next(s for s in subjects if s.subject_id == pair.subject_id).channels.values())))
+    by_id = {s.subject_id: s for s in subjects}
+    # read once, before any output is written, so a broken overlay image fails first
+    overlay_images = {pair.subject_id: read_channel(next(iter(by_id[pair.subject_id].channels.values()))).array[0]
+                      for pair in pairs[: max(0, args.overlays)]}
     rows = report.evaluate_pairs(pairs, classes, prediction_classes=prediction_classes, progress=not args.no_progress,
                                  truth_values=manifest.label_values)
     summary = report.summarise(rows)
@@ -217,9 +219,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     plots.dice_boxplot(rows, out / "dice_boxplot.png")
     first_class, truth_values = next(iter(classes.items()))
     predicted_values = (prediction_classes or classes)[first_class]
-    by_id = {s.subject_id: s for s in subjects}
     for pair in pairs[: max(0, args.overlays)]:
-        image = read_channel(next(iter(by_id[pair.subject_id].channels.values()))).array[0]
+        image = overlay_images[pair.subject_id]
         truth = np.isin(label_array(load_volume(pair.truth), pair.truth), truth_values)
         prediction = np.isin(label_array(load_volume(pair.prediction), pair.prediction), predicted_values)
         plots.overlay_slice(image, truth, prediction, out / "overlays" / f"{pair.subject_id}.png",

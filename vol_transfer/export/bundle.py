@@ -41,6 +41,7 @@ from vol_transfer.errors import PathLike
 from vol_transfer.export.highresnet import to_monai_highresnet
 from vol_transfer.export.monai_transforms import KEY, MonaiPreprocessing, monai_preprocessing
 from vol_transfer.export.traced import quiet_tracing, trace
+from vol_transfer.inference.fusion import fuse_for_inference
 from vol_transfer.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from vol_transfer.nets.highres3dnet import HighRes3DNet
 from vol_transfer.preprocessing.pipeline import Preprocessor
@@ -235,12 +236,10 @@ def write_bundle(checkpoint: Checkpoint, out: PathLike) -> dict[str, Path]:
     config = inference_config(network_def, num_channels, preprocessing)
     metadata = bundle_metadata(checkpoint, channels, classes, preprocessing.notes)
     paths = {name: out / name for name in BUNDLE_FILES}
-    from vol_transfer.inference.fusion import fuse_for_inference
-
     traced = trace(fuse_for_inference(model), num_channels)
     stream = io.BytesIO()
     with quiet_tracing():
-            save_net_with_metadata(traced, stream, meta_values=metadata,
+        save_net_with_metadata(traced, stream, meta_values=metadata,
                                more_extra_files={"inference.json": json.dumps(config).encode()})
     atomic_write_bytes(paths["models/model.ts"], stream.getvalue())
     with atomic_path(paths["models/model.pt"]) as tmp:

@@ -123,12 +123,17 @@ def _what_bytes_hold(raw: bytes) -> str:
     return "unknown data"
 
 
-def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
+def _header_size(raw: bytes) -> int:
+    """``sizeof_hdr``, the first field of every NIfTI header: 348 (NIfTI-1) or 540 (NIfTI-2), either byte order."""
     header_size = int(np.frombuffer(raw[:4], dtype="<i4")[0]) if len(raw) >= 4 else 0
-    if header_size in (540, 540 << 24):  # NIfTI-2, either byte order
-        return nib.Nifti2Image.from_bytes(raw)
-    if header_size not in (348, 348 << 24):  # sizeof_hdr, the first field of every NIfTI-1 header
+    if header_size not in (348, 348 << 24, 540, 540 << 24):
         raise _NotNifti(_what_bytes_hold(raw))
+    return header_size
+
+
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
+    if _header_size(raw) in (540, 540 << 24):
+        return nib.Nifti2Image.from_bytes(raw)
     return nib.Nifti1Image.from_bytes(raw)
 
 
@@ -143,8 +148,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
         else:
             with open(path, "rb") as handle:
                 start = handle.read(352)
-            if len(start) >= 4 and int(np.frombuffer(start[:4], dtype="<i4")[0]) not in (348, 348 << 24, 540, 540 << 24):
-                raise _NotNifti(_what_bytes_hold(start))
+            if len(start) >= 4:
+                _header_size(start)
             image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
     except _NotNifti as exc:

@@ -57,8 +57,6 @@ from vol_transfer.preprocessing.spatial import (
 )
 from vol_transfer.recipes import config_to_dict, from_dict, option
 
-SPEC_KEYS = ("orientation", "crop_foreground", "intensity", "spacing", "min_size")
-
 
 @dataclass
 class Preprocessor:
@@ -90,7 +88,7 @@ class Preprocessor:
 
     def to_spec(self) -> dict[str, Any]:
         """The JSON-serialisable spec that :meth:`from_spec` turns back into this pipeline."""
-        spec = {key: config_to_dict(getattr(self, key)) for key in SPEC_KEYS}
+        spec = config_to_dict(self)
         json.dumps(spec)  # fail here, not when a checkpoint is written
         return spec
 
