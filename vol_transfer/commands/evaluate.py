@@ -172,7 +172,7 @@ def resolve_classes(args: argparse.Namespace, manifest: Any, predictions: list[P
 def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vol_transfer.errors import InputDataError, RecipeError
+    from vol_transfer.errors import InputDataError
     from vol_transfer.evaluation import plots, report
     from vol_transfer.io.atomic import refuse_to_overwrite
     from vol_transfer.io.case import label_array, read_channel
