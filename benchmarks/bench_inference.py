@@ -1,47 +1,44 @@
-"""Whole-volume inference on a real BraTS case: MONAI ``sliding_window_inference`` vs ours.
+"""Whole-volume inference, ours vs MONAI, compared fairly: same model, same windows, best batch.
 
-Same network (our HighRes3DNet, 2 → 2 classes, eval mode) and the same FLAIR+T1c volume
-(2×240×240×155) for every variant:
+Every MONAI variant gets what ours runs: the trained network as our inference copy (BatchNorm
+folded into the convolutions, ``channels_last_3d`` weights and inputs:
+:func:`vol_transfer.inference.predict.inference_copy`), the same window, overlap and blend mode as
+our ``mode=window``, and a sweep of ``sw_batch_size`` (the best one is the peer). So the ratios
+compare windowing, not models. ``monai_default`` is what a MONAI user runs out of the box (the
+checkpoint's network as trained: BatchNorm unfused, default memory layout, ``sw_batch_size=1``):
+the old, unfair peer, kept to show what changed.
 
-* ``monai``        — MONAI ``sliding_window_inference``, roi 96³, overlap 0.25, Gaussian, sw_batch 1
-                     (fp32, default memory layout: what a MONAI user runs);
-* ``window``       — our windows with the same placement and blending (fp32, channels_last, BN folded);
-* ``whole``        — our exact whole-volume pass (fp32);
-* ``tiled``        — our exact halo tiles under ``--budget`` GiB (what ``--memory-budget`` picks);
-* ``*_bf16``       — the same under bfloat16 autocast;
-* ``pipeline``     — what ``vol-transfer infer`` runs with the BRATS recipes' preprocessing: crop to the
-                     foreground box (+4 voxels, ``crop_foreground: 4``), the exact whole pass on the
-                     crop, labels restored to the full grid (background outside the box);
-* ``monai_crop``   — MONAI ``sliding_window_inference`` on that same crop, restored the same way (the
-                     fair peer for ``pipeline``: both skip the empty air around the head);
-                     ``pipeline@16`` / ``monai_crop@16`` use a crop margin of 16 voxels instead.
+Inputs (all real, each with a trained network and its stored preprocessing):
 
-Every variant runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own;
-``Δmem`` is the peak minus the memory after loading the volume and the network. Agreement is
-measured against MONAI's output: voxel agreement of the argmax and Dice between the two
-foreground label maps; ``max|Δlogit|`` against our exact whole-volume logits.
+* ``crop``  — one BraTS 2018 case (T1+T2), preprocessed as ``vol-transfer infer`` does it, including
+  the checkpoint's ``crop_foreground`` (the head's box + margin): what ``infer`` runs on;
+* ``full``  — the same case without the crop (the full 240×240×155 grid);
+* ``hippocampus`` — the first N validation cases of MSD hippocampus with the CPU pre-trained model
+  (each case is smaller than the window, so one window covers it: ours clips the window to the
+  volume and MONAI gets that clipped ``roi_size`` too, instead of zero-padding every case to 96³;
+  a warm-up pass on the first case is not timed; the time is the best total of
+  ``--hippocampus-repeats`` passes over the cases);
+* ``overhead`` — windowing alone, ours vs MONAI: a pointwise (1×1×1 convolution) network on the
+  ``full`` grid, so the network costs next to nothing and what is left is cutting the windows,
+  batching, weighting and blending (interleaved repeats, best of ``--overhead-repeats`` each).
 
-Input: the case z-scored per channel over the head (``mask: foreground``, as the BRATS recipes do),
-so the background is 0.
+Variants (``@B``: windows per forward pass):
 
-Meaningful agreement: an untrained network's argmax is noise, so the network is made to segment
-something: BatchNorm running statistics are set from real crops (train-mode passes, cumulative
-averaging, no weight updates), then only the last layer is fitted to this case's tumour core as a
-class-balanced logistic regression on the frozen features (see :func:`make_network`). The
-predicted fraction and Dice against the true tumour core are printed.
+* ``exact``      — ours, ``mode=whole``: one exact pass (what ``vol-transfer infer`` picks when it fits);
+* ``window@B``   — ours, ``mode=window`` (overlapping windows, blended), ``batch_size=B``;
+* ``monai@B``    — MONAI ``SlidingWindowInferer`` on our inference copy, ``sw_batch_size=B``;
+* ``monai_default@1`` — MONAI on the network as trained (unfused, default layout), ``sw_batch_size=1``.
 
-FLOP-bound limit: voxels × per-voxel FLOPs (2·k³·Cin·Cout summed over the convolutions) ÷ the peak
-matmul rate measured here (2048² torch.mm, best of 3), in fp32 and bf16.
+``window@B`` and ``monai@B`` run back to back (MONAI first; ``--ours-first`` swaps them: run both
+orders when the shared machine's load drifts). Every variant runs in its own process (its peak memory is its own) and its time covers the
+model copy and the prediction. ``peak GFLOP/s`` is a 2048² matmul measured in that process right
+before it ran: it shows how much of the CPU the variant had. Agreement is measured against our
+exact pass: ``max|Δlogit|`` and Dice (mean over the foreground classes) of the argmax label maps;
+``Dice vs truth`` uses the case's own labels, mapped as the checkpoint was trained.
 
-    python benchmarks/bench_inference.py --quick          # 240×240×64 slab, for development
-    python benchmarks/bench_inference.py                  # the full 240×240×155 volume
-    python benchmarks/bench_inference.py --variants monai,whole,tiled
-    python benchmarks/bench_inference.py --variants monai,monai_crop,whole,pipeline \
-        --checkpoint runs/brats_tc_finetune/checkpoints/best.pt     # a trained network + its preprocessing
-
-With ``--checkpoint`` the network and its stored preprocessing replace the linear probe: every
-variant sees the volume after the checkpoint's steps except the crop (which only ``pipeline`` and
-``monai_crop`` apply), and the tumour-core truth is carried onto that grid.
+    python benchmarks/bench_inference.py                          # every scope, sweep 1,2,4,8
+    python benchmarks/bench_inference.py --scopes crop --sw-batch-sizes 1,4   # quicker
+    python benchmarks/bench_inference.py --full-sw-batch-sizes 4  # the full volume at one batch size
 """
 
 from __future__ import annotations
@@ -54,106 +51,51 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ALL_VARIANTS = ("monai", "window", "whole", "tiled", "window_bf16", "whole_bf16", "pipeline", "monai_crop")
-LABEL_ONLY = ("pipeline", "monai_crop")
-RECIPE_INTENSITY = [{"kind": "zscore", "mask": "foreground"}]  # recipes/brats_tc_finetune.yaml  # variants that return a label map on the full grid, not logits
-CASE = "brats2015_flair_t1c/test/brats_2013_pat0001_1"
+ROOT = Path(__file__).resolve().parents[1]
+SCOPES = ("crop", "full", "hippocampus", "overhead")
+BRATS_CHECKPOINT = "runs/brats18_freeze_ablation_cpu/arms/finetune_seed0_fold0/checkpoints/best.pt"
+HIPPOCAMPUS_CHECKPOINT = "runs/hippocampus_pretrain_cpu/checkpoints/best.pt"
+BRATS_MANIFEST = "data_manifests/brats2018_4mod.csv"
+HIPPOCAMPUS_MANIFEST = "data_manifests/msd_hippocampus.csv"
+BRATS_CASE = "Brats18_2013_11_1"  # fold 0: held out from the fold-0 arm's training
 
 
-def load_case(data_root: str | None, quick: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FLAIR+T1c ``(2, X, Y, Z)``, the tumour-core mask (labels 1, 3, 4) and the affine."""
-    from vol_transfer.io.data_root import resolve_data_root
-    from vol_transfer.io.volumes import load_channels, load_volume
-
-    case = resolve_data_root(data_root) / CASE
-    volume = load_channels([case / "Flair_subtrMeanDivStd.nii.gz", case / "T1c_subtrMeanDivStd.nii.gz"])
-    array = volume.array
-    core = np.isin(load_volume(case / "OTMultiClass.nii.gz").array[0], [1, 3, 4])
-    if quick:
-        middle = array.shape[3] // 2
-        array, core = array[..., middle - 32 : middle + 32], core[..., middle - 32 : middle + 32]
-    return np.ascontiguousarray(array, dtype=np.float32), core, volume.affine
-
-
-def _crops(image: np.ndarray, core: np.ndarray, rng: np.random.Generator, count: int, size: int):
-    """Crops centred on random tumour-core voxels (half) or anywhere in the volume (half)."""
-    shape = np.asarray(image.shape[1:])
-    size_3 = np.minimum(size, shape)
-    positives = np.argwhere(core)
-    for i in range(count):
-        centre = positives[rng.integers(len(positives))] if i % 2 == 0 and len(positives) else rng.integers(0, shape)
-        corner = np.clip(centre - size_3 // 2, 0, shape - size_3)
-        where = tuple(slice(int(c), int(c + s)) for c, s in zip(corner, size_3))
-        yield torch.from_numpy(np.ascontiguousarray(image[(slice(None), *where)]))[None], core[where]
-
-
-def make_network(image: np.ndarray, core: np.ndarray, seed: int = 0) -> torch.nn.Module:
-    """HighRes3DNet whose argmax means something: BatchNorm statistics set from real crops, then
-    the last layer (conv_2) fitted as a class-balanced logistic regression of tumour core on the
-    frozen conv_1 features ("linear probe"). Nothing else is trained."""
-    from vol_transfer.nets.highres3dnet import HighRes3DNet
-
-    torch.manual_seed(seed)
-    net = HighRes3DNet(in_channels=2, num_classes=2)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.momentum = None  # cumulative average over the calibration passes
-    rng = np.random.default_rng(seed)
-    net.train()
-    with torch.no_grad():
-        for crop, _ in _crops(image, core, rng, 4, 48):
-            net(crop)
-    net.eval()
-    features, targets = [], []
-    with torch.no_grad():
-        for crop, mask in _crops(image, core, rng, 4, 48):
-            feature = net.features(crop)[0].reshape(net.conv_2.conv.in_channels, -1).T
-            pick = torch.from_numpy(rng.choice(feature.shape[0], size=min(20000, feature.shape[0]), replace=False))
-            features.append(feature[pick])
-            targets.append(torch.from_numpy(mask.reshape(-1)[pick.numpy()]).long())
-    x, y = torch.cat(features), torch.cat(targets)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    linear = torch.nn.Linear(x.shape[1], 2)
-    weight = torch.tensor([1.0 / max(1, int((y == 0).sum())), 1.0 / max(1, int((y == 1).sum()))]) * len(y) / 2
-    optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=100)
-
-    def closure():
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear((x - mean) / std), y, weight=weight)
-        loss = loss + 1e-3 * linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    with torch.no_grad():  # fold the standardisation into conv_2 and make its BN the identity
-        conv, bn = net.conv_2.conv, net.conv_2.bn
-        conv.weight.copy_((linear.weight / std).reshape(conv.weight.shape))
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0 - bn.eps)
-        bn.weight.fill_(1.0)
-        bn.bias.copy_(linear.bias - (linear.weight / std) @ mean)
-    return net
-
-
-def prepare_for_checkpoint(path: str, image: np.ndarray, core: np.ndarray, affine: np.ndarray):
-    """The checkpoint's network, the volume after its preprocessing minus the crop, the truth on
-    that grid, and the checkpoint's crop margin (4 if it stores none)."""
-    from vol_transfer.io.volumes import Volume
+def load_inputs(scope: str, args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """Prepared images ``(C, X, Y, Z)`` float32, truth label maps on the same grids, and the checkpoint."""
+    from vol_transfer.io.case import load_case
+    from vol_transfer.io.manifest import read_manifest
+    from vol_transfer.preprocessing.labels import remap_labels
     from vol_transfer.preprocessing.pipeline import Preprocessor
-    from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
+    from vol_transfer.transfer.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(path)
-    spec = dict((checkpoint.metadata or {}).get("preprocessing") or {})
-    margin = spec.pop("crop_foreground", None)
-    prepared, inverse = Preprocessor.from_spec(spec).apply(Volume(array=image, affine=affine))
-    core = inverse.forward(core.astype(np.uint8), order="nearest").astype(bool)
-    return np.ascontiguousarray(prepared.array, dtype=np.float32), core, build_from_checkpoint(checkpoint), \
-        4 if margin is None else int(margin)
+    brats = scope in ("crop", "full")
+    checkpoint_path = args.brats_checkpoint if brats else args.hippocampus_checkpoint
+    metadata = load_checkpoint(checkpoint_path).metadata or {}
+    spec = dict(metadata.get("preprocessing") or {})
+    if scope == "full":
+        spec["crop_foreground"] = None
+    preprocessor = Preprocessor.from_spec(spec)
+    manifest = read_manifest(ROOT / (BRATS_MANIFEST if brats else HIPPOCAMPUS_MANIFEST), args.data_root)
+    if brats:
+        subjects = [s for s in manifest.subjects() if s.subject_id == args.brats_case]
+        if not subjects:
+            raise SystemExit(f"{BRATS_MANIFEST}: no case {args.brats_case!r}; pick one of its subject_id values")
+    else:
+        subjects = manifest.subjects("validation")[: args.hippocampus_cases]
+    images, truths = [], []
+    for subject in subjects:
+        image, label = load_case(subject, metadata.get("channels"))
+        label = replace(label, array=remap_labels(label.array, metadata.get("label_mapping")))
+        prepared, prepared_label, _ = preprocessor.apply_with_label(image, label)
+        images.append(np.ascontiguousarray(prepared.array, dtype=np.float32))
+        truths.append(np.asarray(prepared_label.array).reshape(prepared.spatial_shape).astype(np.uint8))
+    return images, truths, checkpoint_path
 
 
 def per_voxel_flops(net: torch.nn.Module) -> int:
@@ -164,9 +106,8 @@ def per_voxel_flops(net: torch.nn.Module) -> int:
     return total
 
 
-def peak_matmul_flops(dtype: torch.dtype, size: int = 2048) -> float:
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def peak_matmul_flops(size: int = 2048) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = math.inf
     for _ in range(3):
@@ -180,174 +121,248 @@ def maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def load_network(args: argparse.Namespace) -> torch.nn.Module:
-    if args.checkpoint:
-        from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
+def run_one(variant: str, batch: int, net: torch.nn.Module, image: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """Logits ``(K, X, Y, Z)`` of one variant on one image."""
+    from vol_transfer.inference.predict import (
+        InferenceOptions,
+        inference_copy,
+        predict_logits,
+    )
 
-        return build_from_checkpoint(load_checkpoint(args.checkpoint))
-    from vol_transfer.nets.highres3dnet import HighRes3DNet
+    device = torch.device(args.device)
+    if variant in ("exact", "window"):
+        mode = "whole" if variant == "exact" else "window"
+        return predict_logits(net, image, mode=mode, window=args.window, overlap=args.overlap, blend=args.blend,
+                              batch_size=batch, device=device)
+    from monai.inferers import SlidingWindowInferer
 
-    net = HighRes3DNet(in_channels=2, num_classes=2)
-    net.load_state_dict(torch.load(args.weights, weights_only=True))
-    return net
+    roi = tuple(min(args.window, s) for s in image.shape[1:])  # the windows ours runs (clipped to the volume)
+    inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=batch, overlap=args.overlap, mode=args.blend,
+                                   sw_device=device, device="cpu")
+    if variant == "monai_default":
+        runner = net
+    else:  # exactly the copy predict_logits runs: BN folded, channels_last_3d weights
+        copy = inference_copy(net, InferenceOptions(), device)
 
-
-def foreground_crop(image: np.ndarray, margin: int):
-    """The recipes' ``crop_foreground`` step on the prepared array (identity affine: voxels only)."""
-    from vol_transfer.preprocessing.spatial import plan_foreground_crop
-
-    return plan_foreground_crop(image, np.eye(4), margin)
+        def runner(batch_input: torch.Tensor) -> torch.Tensor:
+            return copy(batch_input.contiguous(memory_format=torch.channels_last_3d))
+    with torch.no_grad():
+        return torch.as_tensor(inferer(image[None].to(device), runner)[0]).float().cpu()
 
 
 def worker(args: argparse.Namespace) -> None:
+    from vol_transfer.transfer.checkpoint import build_from_checkpoint, load_checkpoint
+
     torch.set_num_threads(args.threads)
-    from vol_transfer.inference import InferenceOptions, predict_logits
-
-    image = torch.from_numpy(np.load(args.image))
-    net = load_network(args).eval().to(args.device)
-    # the peak rate right before this run: the machine is shared, so contention changes over time
-    peaks = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
+    images = [torch.from_numpy(a) for a in np.load(args.images).values()]
+    net = build_from_checkpoint(load_checkpoint(args.checkpoint)).eval().to(args.device)
+    variant, _, batch_text = args.worker.partition("@")
+    batch = int(batch_text or 1)
+    if args.warmup:  # small cases: the first call's one-time costs would dominate
+        run_one(variant, batch, net, images[0], args)
+    peak = peak_matmul_flops()
     baseline = maxrss_bytes()
-    variant, _, margin_text = args.worker.partition("@")  # pipeline@16: a crop margin of 16 voxels
-    margin = int(margin_text) if margin_text else args.crop_margin
-    computed = math.prod(image.shape[1:])  # voxels the network runs on (the crop for the crop variants)
-    start = time.perf_counter()
-    if variant in ("monai", "monai_crop"):
-        from monai.inferers import sliding_window_inference
-
-        crop = foreground_crop(image.numpy(), margin) if variant == "monai_crop" else None
-        source = image if crop is None else torch.from_numpy(crop.forward(image.numpy()))
-        computed = math.prod(source.shape[1:])
-        with torch.no_grad():
-            logits = sliding_window_inference(source[None].to(args.device), (96, 96, 96), 1, net,
-                                              overlap=0.25, mode="gaussian")[0]
-        output = torch.as_tensor(logits).float().cpu()
-        if crop is not None:
-            output = torch.from_numpy(crop.backward(output.argmax(0).to(torch.uint8).numpy()))
-    elif variant == "pipeline":
-        from vol_transfer.inference.predict import logits_to_labels
-        from vol_transfer.io.volumes import Volume
-        from vol_transfer.preprocessing.pipeline import Preprocessor
-
-        prepared, inverse = Preprocessor.from_spec({"crop_foreground": margin}).apply(
-            Volume(array=image.numpy(), affine=np.eye(4)))
-        computed = math.prod(prepared.spatial_shape)
-        logits = predict_logits(net, prepared.array, InferenceOptions(mode="whole", device=args.device))
-        output = torch.from_numpy(inverse.restore(logits_to_labels(logits).numpy(), order="nearest"))
-    else:
-        base, _, precision = variant.partition("_")
-        options = dict(mode=base, bf16=precision == "bf16", window=96, overlap=0.25, blend="gaussian", batch_size=2)
-        if base == "tiled":
-            options["memory_budget_gb"] = args.budget
-        output = predict_logits(net, image, **options)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    np.save(args.logits, output.numpy())
-    print(json.dumps({"variant": args.worker, "seconds": seconds, "peak": maxrss_bytes(), "baseline": baseline,
-                      "peak_flops": peaks, "computed_voxels": computed}))
+    seconds = math.inf
+    for _ in range(args.repeats):  # the best total of the repeats: the shared machine's bursts inflate single runs
+        outputs, total = [], 0.0
+        for image in images:
+            start = time.perf_counter()
+            outputs.append(run_one(variant, batch, net, image, args))
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            total += time.perf_counter() - start
+        seconds = min(seconds, total)
+    np.savez(args.logits, *[o.numpy() for o in outputs])
+    print(json.dumps({"seconds": seconds, "peak": maxrss_bytes(), "baseline": baseline, "peak_flops": peak}))
 
 
-def run_variant(variant: str, args: argparse.Namespace, files: dict[str, Path], folder: Path) -> dict:
-    logits = folder / f"{variant}.npy"
-    command = [sys.executable, __file__, "--worker", variant, "--image", str(files["image"]), "--weights",
-               str(files["weights"]), "--logits", str(logits), "--threads", str(args.threads), "--budget",
-               str(args.budget), "--device", args.device, "--crop-margin", str(args.crop_margin)]
-    if args.checkpoint:
-        command += ["--checkpoint", args.checkpoint]
-    done = subprocess.run(command, capture_output=True, text=True)
+def run_variant(variant: str, scope: str, args: argparse.Namespace, files: dict[str, Path], folder: Path) -> dict:
+    logits = folder / f"{scope}_{variant.replace('@', '_')}.npz"
+    command = [sys.executable, __file__, "--worker", variant, "--images", str(files[scope]),
+               "--checkpoint", str(files[f"{scope}_checkpoint"]), "--logits", str(logits),
+               "--threads", str(args.threads), "--device", args.device, "--window", str(args.window),
+               "--overlap", str(args.overlap), "--blend", args.blend]
+    if scope == "hippocampus":
+        command += ["--warmup", "--repeats", str(args.hippocampus_repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{scope} {variant} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["logits"] = logits
+    with np.load(logits) as saved:
+        result["logits"] = [saved[k] for k in saved.files]
     return result
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+def variants_for(scope: str, args: argparse.Namespace) -> list[str]:
+    """``exact``, the MONAI sweep with ours right after MONAI at the same batch size, ``monai_default@1``."""
+    if scope == "hippocampus":  # one window per case: the batch size changes nothing
+        return ["exact", "window@1", "monai@1"] + (["monai_default@1"] if scope in args.default_scopes else [])
+    sweep = args.full_sw_batch_sizes if scope == "full" and args.full_sw_batch_sizes else args.sw_batch_sizes
+    ours = args.window_batch_sizes or sweep
+    pairs = [[f"monai@{b}"] + ([f"window@{b}"] if b in ours else []) for b in sweep]
+    paired = [v for pair in pairs for v in (pair[::-1] if args.ours_first else pair)]
+    return ["exact", *paired] + (["monai_default@1"] if scope in args.default_scopes else [])
 
 
-def main() -> None:
-    from vol_transfer.preprocessing.pipeline import Preprocessor
+def windowing_overhead(args: argparse.Namespace, image: np.ndarray, repeats: int) -> None:
+    """Ours vs MONAI windowing alone: a pointwise (1×1×1 convolution) network on the real grid, so the
+    network costs next to nothing and what is left is cutting, batching, weighting and blending.
+    Interleaved repeats, best of ``repeats`` each."""
+    from monai.inferers import SlidingWindowInferer
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a 240×240×64 slab instead of the whole volume")
-    parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list of {ALL_VARIANTS}")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--budget", type=float, default=3.0, help="GiB for the tiled variant (default 3)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--checkpoint", default=None,
-                        help="a trained checkpoint: its network and preprocessing replace the linear probe")
-    parser.add_argument("--crop-margin", type=int, default=None,
-                        help="foreground-crop margin for pipeline/monai_crop (default: the checkpoint's, else 4)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--image", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--logits", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args)
-        return
-    torch.set_num_threads(args.threads)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(v for v in variants if v.partition("@")[0] not in ALL_VARIANTS
-                     or ("@" in v and (v.partition("@")[0] not in LABEL_ONLY or not v.partition("@")[2].isdigit())))
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; use {ALL_VARIANTS} (pipeline@M / monai_crop@M: crop margin M)")
-    image, core, affine = load_case(args.data_root, args.quick)
-    if args.checkpoint:
-        image, core, net, margin = prepare_for_checkpoint(args.checkpoint, image, core, affine)
-    else:  # the BRATS recipes' normalisation: head-only z-score, background → 0
-        image = Preprocessor.from_spec({"intensity": RECIPE_INTENSITY}).normalise(image)
-        net, margin = make_network(image, core), 4
-    args.crop_margin = margin if args.crop_margin is None else args.crop_margin
-    voxels = math.prod(image.shape[1:])
-    flops = per_voxel_flops(net)
-    peaks = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
-    print(f"volume {tuple(image.shape)} ({'quick slab' if args.quick else 'full'}), {voxels:,} voxels; "
-          f"HighRes3DNet {flops / 1e6:.2f} MFLOP/voxel → {voxels * flops / 1e12:.2f} TFLOP per pass")
-    print(f"peak matmul now: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
-          f"({args.threads} threads, device {args.device}); each variant's FLOP bound uses the peak measured "
-          "in its own process right before it ran")
-    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
-        folder = Path(tmp)
-        files = {"image": folder / "image.npy", "weights": folder / "weights.pt"}
-        np.save(files["image"], image)
-        torch.save(net.state_dict(), files["weights"])
-        results = {}
-        for variant in variants:
-            results[variant] = run_variant(variant, args, files, folder)
-            r = results[variant]
-            print(f"  ran {variant}: {r['seconds']:.1f} s (peak fp32 {r['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s)", flush=True)
-        logits = {v: np.load(r["logits"]) for v, r in results.items()}
-    labels = {v: out if v.partition("@")[0] in LABEL_ONLY else out.argmax(0) for v, out in logits.items()}
-    reference, exact = labels.get("monai"), labels.get("whole")
-    monai_time = results["monai"]["seconds"] if "monai" in results else math.nan
-    header = ("variant", "time s", "× MONAI", "voxels computed", "peak GiB", "Δmem GiB", "agree %", "Dice vs MONAI",
-              "Dice vs exact", "max|Δlogit| vs whole", "Dice vs truth", "peak GFLOP/s", "FLOP-bound s", "× bound")
+    from vol_transfer.inference.predict import (
+        InferenceOptions,
+        inference_copy,
+        predict_logits,
+    )
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(image.shape[0], 2, 1).eval()
+    tensor = torch.from_numpy(image)
+    roi = tuple(min(args.window, s) for s in tensor.shape[1:])
+    best: dict[str, float] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    for _ in range(repeats):
+        for batch in args.sw_batch_sizes:
+            start = time.perf_counter()
+            outputs[f"window@{batch}"] = predict_logits(net, tensor, mode="window", window=args.window,
+                                                        overlap=args.overlap, blend=args.blend, batch_size=batch)
+            best[f"window@{batch}"] = min(best.get(f"window@{batch}", math.inf), time.perf_counter() - start)
+            start = time.perf_counter()
+            copy = inference_copy(net, InferenceOptions(), torch.device("cpu"))
+            inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=batch, overlap=args.overlap, mode=args.blend)
+            with torch.no_grad():
+                outputs[f"monai@{batch}"] = inferer(tensor[None], lambda x, run=copy: run(
+                    x.contiguous(memory_format=torch.channels_last_3d)))[0]
+            best[f"monai@{batch}"] = min(best.get(f"monai@{batch}", math.inf), time.perf_counter() - start)
+    print(f"\n### windowing overhead: pointwise network on {tuple(tensor.shape)}, best of {repeats} interleaved runs")
+    print("| batch | ours s | MONAI s | ours / MONAI | max|Δ| |")
+    print("|---|---|---|---|---|")
+    for batch in args.sw_batch_sizes:
+        ours, theirs = best[f"window@{batch}"], best[f"monai@{batch}"]
+        delta = float((outputs[f"window@{batch}"] - outputs[f"monai@{batch}"]).abs().max())
+        print(f"| {batch} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.3f} | {delta:.1e} |")
+
+
+def mean_foreground_dice(a: np.ndarray, b: np.ndarray, classes: int) -> float:
+    from vol_transfer.evaluation.metrics import dice_per_class, mean_dice
+
+    return mean_dice(dice_per_class(a, b, classes))
+
+
+def report(scope: str, results: dict[str, dict], truths: list[np.ndarray], flops: int) -> None:
+    exact = results["exact"]["logits"]
+    classes = exact[0].shape[0]
+    fair = {v: r["seconds"] for v, r in results.items() if v.startswith("monai@")}
+    best_monai = min(fair, key=fair.get)
+    default = results.get("monai_default@1", {}).get("seconds", math.nan)
+    voxels = sum(math.prod(t.shape) for t in truths)
+    shapes = sorted({tuple(t.shape) for t in truths})
+    print(f"\n### {scope}: {len(truths)} case(s), {voxels:,} voxels, grid(s) "
+          f"{shapes[0] if len(shapes) == 1 else f'{shapes[0]} … {shapes[-1]}'}; best fair MONAI: {best_monai}")
+    header = ("variant", "time s", "× best MONAI", "× MONAI default", "peak GiB", "Δmem GiB", "max|Δlogit| vs exact",
+              "Dice vs exact", "Dice vs truth", "peak GFLOP/s", "× FLOP bound")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for variant, r in results.items():
-        predicted = labels[variant]
-        agree = dice_monai = dice_exact = delta = math.nan
-        if reference is not None:
-            agree = 100.0 * float((predicted == reference).mean())
-            dice_monai = dice(predicted == 1, reference == 1)
-        if exact is not None:
-            dice_exact = dice(predicted == 1, exact == 1)
-            if variant.partition("@")[0] not in LABEL_ONLY:
-                delta = float(np.abs(logits[variant] - logits["whole"]).max())
-        precision = "bf16" if variant.endswith("bf16") else "fp32"
-        computed = r["computed_voxels"]
-        bound = computed * flops / r["peak_flops"][precision]
-        print(f"| {variant} | {r['seconds']:.1f} | {r['seconds'] / monai_time:.3f} | {computed / voxels:.0%} | "
-              f"{r['peak'] / 2**30:.2f} | {(r['peak'] - r['baseline']) / 2**30:.2f} | {agree:.3f} | {dice_monai:.4f} | "
-              f"{dice_exact:.4f} | {delta:.2e} | {dice(predicted == 1, core):.3f} | "
-              f"{r['peak_flops'][precision] / 1e9:.0f} | {bound:.1f} | {r['seconds'] / bound:.2f} |")
-    print(f"(voxels computed: share of the {voxels:,} voxels the network ran on, overlap not counted; "
-          "FLOP bound = those voxels × per-voxel FLOPs ÷ peak matmul rate)")
+        delta = max(float(np.abs(o - e).max()) for o, e in zip(r["logits"], exact))
+        labels = [o.argmax(0) for o in r["logits"]]
+        exact_labels = [e.argmax(0) for e in exact]
+        vs_exact = np.nanmean([mean_foreground_dice(p, e, classes) for p, e in zip(labels, exact_labels)])
+        vs_truth = np.nanmean([mean_foreground_dice(p, t, classes) for p, t in zip(labels, truths)])
+        bound = voxels * flops / r["peak_flops"]  # one pass over every voxel; windows compute more
+        print(f"| {variant} | {r['seconds']:.2f} | {r['seconds'] / fair[best_monai]:.3f} | {r['seconds'] / default:.3f} | "
+              f"{r['peak'] / 2**30:.2f} | {(r['peak'] - r['baseline']) / 2**30:.2f} | {delta:.2e} | {vs_exact:.4f} | "
+              f"{vs_truth:.4f} | {r['peak_flops'] / 1e9:.0f} | {r['seconds'] / bound:.2f} |")
+    print(f"fair ratio, ours exact / best MONAI ({best_monai}): {results['exact']['seconds'] / fair[best_monai]:.3f}×; "
+          f"old unfair ratio, ours exact / MONAI default: {results['exact']['seconds'] / default:.3f}×")
+    ours = {v: r["seconds"] for v, r in results.items() if v.startswith("window@")}
+    if not ours:
+        return
+    best_ours = min(ours, key=ours.get)
+    print(f"window mode, ours best ({best_ours}) / MONAI best ({best_monai}): {ours[best_ours] / fair[best_monai]:.3f}×")
+    for variant, seconds in ours.items():
+        peer = "monai@" + variant.partition("@")[2]
+        if peer in results:
+            same = max(float(np.abs(a - b).max()) for a, b in zip(results[variant]["logits"], results[peer]["logits"]))
+            print(f"  {variant} / {peer}: {seconds / fair[peer]:.3f}× (max|Δlogit| {same:.1e})")
+
+
+def sizes(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes, e.g. 1,2,4,8")
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scopes", default=",".join(SCOPES), help=f"comma list of {SCOPES}")
+    parser.add_argument("--sw-batch-sizes", type=sizes, default=[1, 2, 4, 8], help="windows per pass to sweep (1,2,4,8)")
+    parser.add_argument("--full-sw-batch-sizes", type=sizes, default=None,
+                        help="a shorter sweep for the full volume (default: --sw-batch-sizes)")
+    parser.add_argument("--brats-checkpoint", default=BRATS_CHECKPOINT)
+    parser.add_argument("--brats-case", default=BRATS_CASE)
+    parser.add_argument("--hippocampus-checkpoint", default=HIPPOCAMPUS_CHECKPOINT)
+    parser.add_argument("--hippocampus-cases", type=int, default=20)
+    parser.add_argument("--hippocampus-repeats", type=int, default=3, help="best total of this many passes (default 3)")
+    parser.add_argument("--window-batch-sizes", type=sizes, default=None,
+                        help="batch sizes for our mode=window (default: the MONAI sweep)")
+    parser.add_argument("--overhead-repeats", type=int, default=5)
+    parser.add_argument("--ours-first", action="store_true",
+                        help="run window@B before monai@B (default after): a second run in the other order "
+                             "cancels a drift of the machine's load")
+    parser.add_argument("--default-scopes", default="crop,full,hippocampus",
+                        help="scopes that also run monai_default@1, the old unfair peer (default: all)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--window", type=int, default=96)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--blend", default="gaussian", choices=("gaussian", "constant"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--images", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--logits", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.default_scopes = [s for s in args.default_scopes.split(",") if s]
+    if args.worker:
+        worker(args)
+        return
+    scopes = [s for s in args.scopes.split(",") if s]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise SystemExit(f"unknown scope(s) {unknown}; use {SCOPES}")
+    torch.set_num_threads(args.threads)
+    print(f"window {args.window}, overlap {args.overlap}, blend {args.blend}; {args.threads} threads, device "
+          f"{args.device}; peak matmul now {peak_matmul_flops() / 1e9:.0f} GFLOP/s")
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+        folder = Path(tmp)
+        files: dict[str, Path] = {}
+        for scope in scopes:
+            if scope == "overhead":
+                windowing_overhead(args, load_inputs("full", args)[0][0], args.overhead_repeats)
+                continue
+            images, truths, checkpoint = load_inputs(scope, args)
+            files[scope] = folder / f"{scope}.npz"
+            files[f"{scope}_checkpoint"] = Path(checkpoint).resolve()
+            np.savez(files[scope], *images)
+            from vol_transfer.transfer.checkpoint import (
+                build_from_checkpoint,
+                load_checkpoint,
+            )
+
+            flops = per_voxel_flops(build_from_checkpoint(load_checkpoint(checkpoint)))
+            print(f"{scope}: {checkpoint}, {flops / 1e6:.2f} MFLOP/voxel", flush=True)
+            results = {}
+            for variant in variants_for(scope, args):
+                results[variant] = run_variant(variant, scope, args, files, folder)
+                print(f"  ran {scope} {variant}: {results[variant]['seconds']:.2f} s "
+                      f"(peak {results[variant]['peak_flops'] / 1e9:.0f} GFLOP/s)", flush=True)
+            report(scope, results, truths, flops)
+
 
 if __name__ == "__main__":
     main()

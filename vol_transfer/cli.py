@@ -17,6 +17,7 @@ from typing import Sequence
 
 from vol_transfer import __version__
 from vol_transfer import commands
+from vol_transfer.console import configure_console
 from vol_transfer.errors import VolTransferError
 
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug, argv = split_debug(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.debug = debug
+    configure_console(debug)  # library messages (logging) → stderr, as plain lines
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

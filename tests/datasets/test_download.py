@@ -118,3 +118,42 @@ def test_cli_download_extracts_and_prints_next_step(server, tmp_path: Path, caps
 def test_cli_brats_explains_registration(tmp_path: Path, capsys) -> None:
     assert main(["datasets", "download", "brats", str(tmp_path)]) == 2
     assert "registration" in capsys.readouterr().err
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_download_and_extraction_match_monai(server, tmp_path: Path, kind: str) -> None:
+    """Cross-check with monai.apps (download_url + extractall, what download_and_extract runs).
+
+    We keep our own: it resumes a cut download from its ``.part`` (MONAI starts again from byte 0)
+    and needs no ``requests`` package (download_and_extract does, to ask the server the file name).
+    """
+    from monai.apps import download_url, extractall
+
+    files = {"Task04_Hippocampus/dataset.json": b'{"name": "Hippocampus"}',
+             "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz": bytes(range(256)) * 40}
+    buffer = io.BytesIO()
+    if kind == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(buffer, "w") as zipped:
+            for name, data in files.items():
+                zipped.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    _RangeHandler.payload = buffer.getvalue()
+    md5 = hashlib.md5(_RangeHandler.payload).hexdigest()
+    url = _url(server, f"Task04.{kind}")
+    ours = extract_archive(download_file(url, tmp_path / "ours", md5=md5, progress=False), tmp_path / "ours" / "out")
+    theirs = tmp_path / "monai" / f"Task04.{kind}"
+    download_url(url, theirs, hash_val=md5, hash_type="md5", progress=False)
+    extractall(theirs, tmp_path / "monai" / "out", has_base=False)
+    assert _tree(ours) == _tree(tmp_path / "monai" / "out") == files
+    assert (tmp_path / "ours" / f"Task04.{kind}").read_bytes() == theirs.read_bytes()

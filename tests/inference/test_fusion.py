@@ -45,3 +45,43 @@ def test_fold_batchnorm_with_conv_bias():
     x = torch.randn(2, 3, 5, 5, 5)
     with torch.no_grad():
         assert torch.allclose(fold_batchnorm(conv, norm)(x), norm(conv(x)), atol=1e-5)
+
+
+def _hand_written_fold(conv: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folding vol_transfer carried before it used torch's fuse_conv_bn_eval (kept as the reference)."""
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))), shift
+
+
+@pytest.mark.parametrize("conv_type, norm_type, bias, affine", [
+    (nn.Conv3d, nn.BatchNorm3d, False, True), (nn.Conv3d, nn.BatchNorm3d, True, True),
+    (nn.Conv2d, nn.BatchNorm2d, True, False), (nn.Conv1d, nn.BatchNorm1d, False, False),
+])
+def test_fold_batchnorm_equals_the_previous_hand_written_fold(conv_type, norm_type, bias, affine):
+    torch.manual_seed(2)
+    conv, norm = conv_type(3, 5, 3, bias=bias), norm_type(5, affine=affine)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.2, 3)
+    if affine:
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    before = [t.clone() for t in (*conv.state_dict().values(), *norm.state_dict().values())]
+    fused = fold_batchnorm(conv, norm)  # both still in training mode: the fold uses the running statistics
+    with torch.no_grad():
+        weight, shift = _hand_written_fold(conv, norm)
+    torch.testing.assert_close(fused.weight.detach(), weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fused.bias.detach(), shift, rtol=1e-6, atol=1e-7)
+    assert fused.training and conv.training and norm.training  # modes kept, inputs untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, (*conv.state_dict().values(), *norm.state_dict().values())))
+
+
+def test_fold_batchnorm_refuses_a_norm_without_running_statistics():
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_batchnorm(nn.Conv3d(2, 2, 1), nn.BatchNorm3d(2, track_running_stats=False))

@@ -87,6 +87,34 @@ def test_clahe_raises_local_contrast_bounded_and_monotone():
     assert np.ptp(clahe(np.full((16, 16), 0.3, np.float32), tiles=2)) < 1e-6
 
 
+def test_clahe_agrees_with_opencv(dataset):
+    """Cross-check with OpenCV's CLAHE (test extra only: 150 MB of wheels for a 2-10 ms step per slice).
+
+    Where the two definitions coincide (one tile, no clipping, no pixel at level 0: plain histogram
+    equalisation) they agree to rounding. Tiled and clipped they differ by a few grey levels by
+    design: OpenCV puts the clipped excess that does not divide evenly into the lowest bins, maps
+    level 0 of a tile to its count instead of 0, and places tile centres half a pixel off.
+    """
+    import cv2
+
+    from tests.training.kermany_fixture import KERMANY
+    from vol_transfer.io.images2d import load_image
+
+    rng = np.random.default_rng(3)
+    levels = np.sort(rng.integers(1, 256, (64, 64)), axis=1).astype(np.uint8)
+    ours = np.rint(clahe(levels / np.float32(255), clip_limit=1000.0, tiles=1) * 255)
+    assert np.abs(ours - cv2.createCLAHE(clipLimit=1000.0, tileGridSize=(1, 1)).apply(levels)).max() <= 1
+
+    xray = load_image(sorted((dataset(KERMANY) / "train" / "NORMAL").glob("*.jpeg"))[0], size=256, channels=1)[0]
+    for tiles, clip in ((8, 2.0), (4, 3.0)):
+        ours = clahe(xray / np.float32(255), clip_limit=clip, tiles=tiles)
+        theirs = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(xray) / 255.0
+        assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.995
+        assert np.abs(ours - theirs).mean() < 8 / 255
+    transposed = clahe(np.ascontiguousarray(xray.T) / np.float32(255), 2.0, 8).T  # a tile-indexing bug would show
+    assert np.abs(transposed - clahe(xray / np.float32(255), 2.0, 8)).max() < 1e-5
+
+
 def test_png_and_npz_outputs_with_index(tmp_path):
     image, label = _volume_with_label()
     image.array[0, 1, 3, 5] = 50.0

@@ -57,6 +57,30 @@ def test_dataset_size_writes_nested_subset_manifests_and_records_them(tmp_path: 
     assert len(plan.arms) == 6 and {a.subset_size for a in plan.arms} == {3, 6, 10}
 
 
+def test_dataset_size_with_folds_nests_inside_each_training_fold_and_keeps_the_held_out_fold(tmp_path: Path) -> None:
+    path = tmp_path / "folds.csv"
+    with open(path, "w", newline="") as handle:
+        handle.write("# labels: 0,1\n")
+        csv.writer(handle).writerows([("subject_id", "split", "fold", "image", "label"),
+                                      *[(f"c{i}", "train", i % 2, f"c{i}.nii.gz", f"c{i}_seg.nii.gz") for i in range(12)]])
+    config = _config(kind="dataset_size", subsets=[2, 4, "all"], arms=["scratch", "model_1"], folds=[0, 1])
+    plan = plan_study(config, tmp_path / "study", path)
+    for fold in (0, 1):
+        record = json.loads((tmp_path / f"study/subsets/fold{fold}/subsets.json").read_text())["subsets"]
+        held_out = {f"c{i}" for i in range(12) if i % 2 == fold}
+        assert [len(record[s]) for s in ("S1", "S2", "S3")] == [2, 4, 6]
+        assert set(record["S1"]) < set(record["S2"]) < set(record["S3"]) and not set(record["S3"]) & held_out
+        for subset in ("S1", "S3"):
+            rows = list(csv.DictReader(line for line in open(tmp_path / f"study/subsets/fold{fold}/{subset}.csv")
+                                       if not line.startswith("#")))
+            ids = {r["subject_id"] for r in rows}
+            assert held_out <= ids and ids - held_out == set(record[subset])  # every size scored on the same cases
+    assert len(plan.arms) == 12
+    s1_fold1 = [a for a in plan.arms if a.subset == "S1" and a.fold == 1]
+    assert all("data.manifest=" + str(tmp_path / "study/subsets/fold1/S1.csv") in a.overrides for a in s1_fold1)
+    assert all("data.fold=1" in a.overrides for a in s1_fold1)
+
+
 def test_arm_commands_are_reproducible_standalone_lines(tmp_path: Path) -> None:
     first = plan_study(_config(), tmp_path, None)
     second = plan_study(_config(), tmp_path, None)

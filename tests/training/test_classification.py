@@ -142,6 +142,44 @@ def test_batch_norm_recalibration_uses_exact_statistics():
     assert model.encoder.block1.bn.momentum == 0.1
 
 
+@torch.no_grad()
+def _hand_written_recalibration(model, images, batch_size):
+    """The recalibration vol_transfer carried before it used torch's update_bn (kept as the reference)."""
+    from vol_transfer.training.image_data import to_batch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    for first in range(0, len(images) - 1, batch_size):
+        model(to_batch(images[first:first + batch_size]))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+@pytest.mark.parametrize("count", [9, 10])  # 9 = 4 + 4 + a trailing single image, which is left out
+def test_batch_norm_recalibration_equals_the_previous_hand_written_one(count):
+    from vol_transfer.training.classification import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    ours, reference = CBRLargeT(in_channels=1, num_classes=2, widths=(4, 8)), CBRLargeT(in_channels=1, num_classes=2, widths=(4, 8))
+    reference.load_state_dict(ours.state_dict())
+    images = (np.random.default_rng(count).random((count, 1, 16, 16)) * 255).astype(np.uint8)
+    ours.eval()
+    recalibrate_batch_norm(ours, images, batch_size=4)
+    _hand_written_recalibration(reference, images, batch_size=4)
+    expected = reference.state_dict()
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-7, msg=key)
+    assert int(ours.encoder.block1.bn.num_batches_tracked) == 2 + (count == 10)
+    assert not ours.training  # update_bn gives the model its mode back
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    recalibrate_batch_norm(ours, images[:1])  # one image: nothing to average, statistics kept
+    assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
+
+
 def test_image_loading_jpeg_dicom_and_broken_file(dataset, tmp_path):
     from vol_transfer.errors import InputDataError
     from vol_transfer.io.images2d import load_image

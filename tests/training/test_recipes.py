@@ -405,8 +405,8 @@ def test_every_shipped_recipe_validates(path: Path, tmp_path: Path, monkeypatch)
     target_task, target = resolve_recipe(config.recipe, config.set)
     assert target_task == "segmentation"
     manifest = tmp_path / "manifest.csv"  # enough training cases for the GPU-size subsets
-    manifest.write_text("subject_id,split,image,label\n" + "".join(f"c{i},train,c{i}.nii.gz,c{i}_seg.nii.gz\n"
-                                                                  for i in range(200)))
+    manifest.write_text("subject_id,split,fold,image,label\n" + "".join(f"c{i},train,{i % 2},c{i}.nii.gz,c{i}_seg.nii.gz\n"
+                                                                       for i in range(200)))
     plan = plan_study(config, tmp_path / "study", manifest, target.data.train_split)
     assert plan.arms
     for arm in plan.arms:
@@ -422,9 +422,9 @@ def test_network_specs_match_the_network_factories():
     tag, specs = tagged_union(NetworkSpec)
     assert tag == "name"
     builtin = [n for n in available_networks() if "test" not in n]  # tests register their own
-    assert sorted(specs) == sorted(builtin)
+    assert sorted(name.lower() for name in specs) == sorted(builtin)  # build_network looks names up lowercased
     for name, spec in specs.items():
-        parameters = inspect.signature(_REGISTRY[name]).parameters
+        parameters = inspect.signature(_REGISTRY[name.lower()]).parameters
         options = config_to_dict(spec().options)
         for option_name, default in options.items():
             assert option_name in parameters, (name, option_name)

@@ -6,7 +6,16 @@ prediction's values differ); the checkpoint's classes and label mapping (``--che
 when the predictions hold exactly those values. Otherwise ``--labels`` is required: a tumour-core
 prediction (values 0, 1) against a BraTS manifest (labels 1, 2, 4) is not scored as "necrosis".
 
+Classification: ``--pred`` is a predictions CSV (``vol-transfer infer``'s ``<out>/predictions.csv`` or a
+classification run's ``predictions.csv``), or the folder holding it. The true labels and patient ids
+come from its ``label`` / ``patient_id`` columns, or from ``--manifest`` by image path. Reported:
+accuracy and ROC AUC with 95 % bootstrap CIs, per-class precision / recall / F1, the confusion matrix,
+and the same per patient when a patient has several images (positive if any image is); written:
+metrics.json, summary.md, roc.png, confusion_matrix.png (and *_patients.png).
+
 Examples:
+    vol-transfer evaluate --pred pred/predictions.csv --out report/
+    vol-transfer evaluate --pred pred/ --manifest data_manifests/chest_xray_kermany.csv --split validation --out report/
     vol-transfer evaluate --pred pred/ --manifest data_manifests/brats2015_flair_t1c.csv --split test \\
         --labels tumour_core=1,3,4 --pred-labels tumour_core=1 --out report/
     vol-transfer evaluate --pred pred/ --manifest data_manifests/msd_hippocampus.csv --checkpoint hippo.pt --out report/
@@ -21,18 +30,27 @@ from typing import Any
 from vol_transfer.commands import examples
 
 OUTPUTS = ("metrics_per_subject.csv", "summary.csv", "summary.md", "dice_boxplot.png")
+CLASSIFICATION_OUTPUTS = ("metrics.json", "summary.md", "roc.png", "confusion_matrix.png", "roc_patients.png",
+                          "confusion_matrix_patients.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="Dice, HD95, ASD, volumes, sensitivity, precision per subject and class; report + plots",
+        "evaluate", help="segmentation: Dice, HD95, ASD, volumes … per subject and class; classification: accuracy, "
+                         "AUC with CIs, precision/recall/F1, confusion matrix; report + plots",
         description="Reads <pred>/<subject_id>_seg.nii.gz for each labelled subject of the manifest (split). "
                     "Dice is NaN where a class is absent from both prediction and truth, and left out of the "
                     "means (nnU-Net's convention; the training validator and study reports use the same). "
                     "Classes: --labels, else the checkpoint's (--checkpoint, or the one infer recorded in "
                     "<pred>/inference_timings.csv), else the manifest's declared labels when the predictions hold exactly "
-                    "those values; otherwise --labels is required.",
+                    "those values; otherwise --labels is required. A classification predictions CSV (from infer or a "
+                    "classification run) gets accuracy and ROC AUC with 95 % bootstrap CIs, per-class precision/recall/"
+                    "F1, the confusion matrix and patient-wise scores, with roc.png and confusion_matrix.png.",
         **examples(
+            "vol-transfer evaluate --pred pred/predictions.csv --out report/   # classification, labels in the CSV",
+            "vol-transfer evaluate --pred pred/ --manifest data_manifests/chest_xray_kermany.csv --split validation "
+            "--out report/   # classification, labels from the manifest",
+            "vol-transfer evaluate --pred runs/pneumonia_scratch_cpu/predictions.csv --out report/   # a run's validation",
             "vol-transfer evaluate --pred runs/predictions --manifest data_manifests/brats2015_flair_t1c.csv "
             "--split test --out runs/eval   # classes from the checkpoint infer used",
             "vol-transfer evaluate --pred runs/predictions --manifest data_manifests/brats2015_flair_t1c.csv "
@@ -40,8 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "vol-transfer evaluate --pred pred/ --manifest data_manifests/msd_hippocampus.csv "
             "--checkpoint runs/hippocampus_pretrain_cpu/checkpoints/best.pt --out report/"),
     )
-    parser.add_argument("--pred", required=True, help="folder of predictions (<subject_id>_seg.nii.gz)")
-    parser.add_argument("--manifest", required=True, help="manifest CSV with a label column")
+    parser.add_argument("--pred", required=True,
+                        help="folder of predictions (<subject_id>_seg.nii.gz), or a classification predictions CSV "
+                             "(or the folder holding its predictions.csv)")
+    parser.add_argument("--manifest", default=None,
+                        help="manifest CSV with a label column (required for segmentation; for classification it "
+                             "gives labels and patient ids by image path)")
     parser.add_argument("--data-root", default=None, help="folder manifest paths are relative to")
     parser.add_argument("--split", default=None, help="only this split (default: every labelled subject)")
     parser.add_argument("--labels", nargs="+", default=None, metavar="NAME=VALUES",
@@ -57,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlays", type=int, default=10, metavar="N", help="overlay PNGs for the first N subjects (default 10)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--resamples", type=int, default=2000, metavar="N",
+                        help="classification: bootstrap resamples for the 95 %% CIs (default 2000)")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -179,6 +203,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from vol_transfer.io.manifest import read_manifest
     from vol_transfer.io.volumes import load_volume
 
+    if is_classification(args):
+        return run_classification_evaluate(args)
+    if not args.manifest:
+        from vol_transfer.errors import RecipeError
+
+        raise RecipeError("--manifest", "is required to score segmentations", "give the manifest with the labels, "
+                                                                              "e.g. --manifest data_manifests/msd_hippocampus.csv")
     manifest = read_manifest(args.manifest, args.data_root)
     subjects = [s for s in manifest.subjects(args.split) if s.label is not None]
     if not subjects:
@@ -229,4 +260,108 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(report.dice_table(summary))
     print(f"wrote {len(rows)} rows for {len(pairs)} subject(s) to {out}: summary.md (every metric), summary.csv, "
           f"metrics_per_subject.csv, dice_boxplot.png" + (", overlays/" if pairs[: max(0, args.overlays)] else ""))
+    return 0
+
+
+def is_classification(args: argparse.Namespace) -> bool:
+    """``--pred`` is a predictions CSV (or a folder with predictions.csv and no segmentations), or the manifest
+    is a classification manifest."""
+    from vol_transfer.io.manifest import _read_declarations
+
+    pred = Path(args.pred)
+    if pred.suffix.lower() == ".csv" or (pred.is_dir() and (pred / "predictions.csv").is_file()
+                                          and not any(pred.glob("*_seg.nii.gz"))):
+        return True
+    manifest = Path(args.manifest) if args.manifest else None
+    return bool(manifest and manifest.is_file() and _read_declarations(
+        manifest.read_text(errors="replace").splitlines()[:50])[0].get("kind") == "classification")
+
+
+def _labels_from_manifest(predictions: Any, args: argparse.Namespace) -> Any:
+    """The predictions of the manifest's labelled images (``--split``), labels and patient ids from the manifest."""
+    from vol_transfer.errors import InputDataError
+    from vol_transfer.evaluation.classification import Predictions
+    from vol_transfer.io.manifest import read_manifest
+
+    manifest = read_manifest(args.manifest, args.data_root)
+    if manifest.kind != "classification":
+        raise InputDataError(args.manifest, f"is a {manifest.kind} manifest, but {args.pred} holds class predictions",
+                             "give the classification manifest the images came from")
+    column = manifest.channel_names[0]
+    subjects = [s for s in manifest.subjects(args.split) if s.label is not None]
+    row_of = {Path(p).resolve(): i for i, p in enumerate(predictions.paths)}
+    missing = [s.subject_id for s in subjects if s.channels[column].resolve() not in row_of]
+    if missing or not subjects:
+        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise InputDataError(args.pred, f"has no prediction for {len(missing)} labelled image(s) of {args.manifest}"
+                                        f"{' split ' + args.split if args.split else ''}: {shown or 'none labelled'}",
+                             "run vol-transfer infer on the same manifest (and --split) first")
+    rows = [row_of[s.channels[column].resolve()] for s in subjects]
+    conflicts = [s.subject_id for s, i in zip(subjects, rows) if predictions.labels[i] not in ("", s.label)]
+    if conflicts:
+        raise InputDataError(args.pred, f"labels {len(conflicts)} image(s) differently from {args.manifest} "
+                                        f"(first: {conflicts[0]})", "check that both describe the same images")
+    return Predictions([predictions.paths[i] for i in rows], predictions.probabilities[rows], predictions.classes,
+                       [str(s.label) for s in subjects], [s.patient_id for s in subjects])
+
+
+def run_classification_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate`` of a classification predictions CSV: metrics.json, summary.md, ROC and confusion-matrix PNGs."""
+    import json
+
+    import numpy as np
+
+    from vol_transfer.errors import InputDataError, RecipeError
+    from vol_transfer.evaluation.classification import (
+        evaluate_predictions,
+        plot_confusion_matrix,
+        plot_roc,
+        read_predictions,
+        report_markdown,
+        study_wise,
+    )
+    from vol_transfer.io.atomic import atomic_write_text, refuse_to_overwrite
+
+    given = [flag for flag, value in (("--labels", args.labels), ("--pred-labels", args.pred_labels),
+                                      ("--checkpoint", args.checkpoint)) if value]
+    if given:
+        raise RecipeError(given[0], "applies to segmentations; the classes of a predictions CSV are its p_<class> "
+                                    "columns", f"drop {', '.join(given)}")
+    pred = Path(args.pred)
+    source = pred / "predictions.csv" if pred.is_dir() else pred
+    predictions = read_predictions(source)
+    if args.manifest:
+        predictions = _labels_from_manifest(predictions, args)
+    elif args.split:
+        raise RecipeError("--split", "needs --manifest (a predictions CSV has no split column)", "add --manifest")
+    if not any(predictions.labels):
+        raise InputDataError(source, "has no true labels (its label column is empty)",
+                             "give --manifest with the labels, or infer on DIR/<class>/<image> folders or a manifest")
+    out = Path(args.out)
+    for name in CLASSIFICATION_OUTPUTS:
+        refuse_to_overwrite(out / name, [source] + ([Path(args.manifest)] if args.manifest else []),
+                            overwrite=args.overwrite)
+    report = evaluate_predictions(predictions, resamples=args.resamples)
+    classes = predictions.classes
+    written = ["metrics.json", "summary.md"]
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=2, default=float) + "\n")
+    title = f"Evaluation of {source}" + (f" against {Path(args.manifest).name}" if args.manifest else "") + (
+        f" ({args.split})" if args.split else "")
+    atomic_write_text(out / "summary.md", report_markdown(report, title))
+    keep = [i for i, label in enumerate(predictions.labels) if label]
+    truth = [classes.index(predictions.labels[i]) for i in keep]
+    parts = [("", "images", report, (truth, predictions.probabilities[keep, -1]))]
+    if report["patient_wise"]:
+        _, patient_truth, patient_scores = study_wise([predictions.patients[i] for i in keep], truth,
+                                                      predictions.probabilities[keep, -1])
+        parts.append(("_patients", "patients", report["patient_wise"], (patient_truth, patient_scores)))
+    for suffix, what, part, (labels, scores) in parts:
+        plot_confusion_matrix(part["confusion_matrix"], classes, out / f"confusion_matrix{suffix}.png",
+                              title=f"Confusion matrix ({part['count']} {what})")
+        written.append(f"confusion_matrix{suffix}.png")
+        if len(classes) == 2:
+            plot_roc(np.asarray(labels) == 1, scores, out / f"roc{suffix}.png", title=f"ROC, {classes[1]} ({what})")
+            written.append(f"roc{suffix}.png")
+    print(report_markdown(report, title).split("\n", 2)[2].rstrip())
+    print(f"wrote {', '.join(written)} to {out}")
     return 0

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "vol-transfer train recipes/hippocampus_pretrain_cpu.yaml "
                                        "--run-dir runs/hippocampus_pretrain_cpu --resume   # after an interruption",
                                        "vol-transfer train recipes/brats_tc_finetune_cpu.yaml --set training.iterations=500",
+                                       "vol-transfer train recipes/pneumonia_scratch_cpu.yaml --run-dir "
+                                       "runs/pneumonia_scratch_cpu   # an X-ray classifier (then infer, evaluate)",
                                        "vol-transfer recipe keys recipes/brats_tc_finetune_cpu.yaml   # what --set can change",
                                        "torchrun --nproc_per_node=2 -m vol_transfer train RECIPE --run-dir runs/ddp"))
     parser.add_argument("recipe", help="recipe file, e.g. recipes/hippocampus_pretrain_cpu.yaml")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +40,30 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 
     means = finite[rng.integers(0, finite.size, size=(resamples, finite.size))].mean(axis=1)
     alpha = (1 - confidence) / 2
     return float(np.quantile(means, alpha)), mean, float(np.quantile(means, 1 - alpha))
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], size: int, confidence: float = 0.95,
+                 resamples: int = 2_000, seed: int = 0) -> tuple[float, float, float]:
+    """``(low, value, high)``: ``statistic(indices)`` on all ``size`` items and its percentile-bootstrap interval.
+
+    ``statistic`` takes an index array (items drawn with replacement) and returns a number; resamples
+    where it is NaN (e.g. an AUC of a resample holding one class only) are left out.
+
+    >>> scores = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.2, 0.9, 0.6])
+    >>> low, value, high = bootstrap_ci(lambda i: float(scores[i].max()), scores.size, resamples=500)
+    >>> value, low <= value, high == value
+    (0.9, True, True)
+    """
+    value = float(statistic(np.arange(size)))
+    if size < 2:
+        return math.nan, value, math.nan
+    rng = np.random.default_rng(seed)
+    draws = np.array([statistic(rng.integers(0, size, size=size)) for _ in range(resamples)], dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return math.nan, value, math.nan
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(draws, alpha)), value, float(np.quantile(draws, 1 - alpha))
 
 
 @dataclass(frozen=True)

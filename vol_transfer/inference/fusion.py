@@ -21,6 +21,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from vol_transfer.nets.blocks import ResidualBlock, pad_channels
 
@@ -29,22 +30,16 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def fold_batchnorm(conv: nn.modules.conv._ConvNd, norm: nn.modules.batchnorm._BatchNorm) -> nn.modules.conv._ConvNd:
-    """A new convolution equal to ``norm(conv(x))`` with ``norm`` in eval mode."""
+    """A new convolution equal to ``norm(conv(x))`` with ``norm`` in eval mode (PyTorch's ``fuse_conv_bn_eval``).
+
+    Unlike ``fuse_conv_bn_eval`` either module may be in training mode: the fold always uses the
+    running statistics, and the new convolution keeps ``conv``'s mode. Neither input is modified.
+    """
     if norm.running_mean is None or norm.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
-    fused = copy.deepcopy(conv)
-    with torch.no_grad():
-        scale = norm.running_var.add(norm.eps).rsqrt()
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        fused.weight.copy_(conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
-        fused.bias = nn.Parameter(shift.to(conv.weight.dtype))
-    return fused
+    conv_eval = copy.deepcopy(conv).eval() if conv.training else conv
+    norm_eval = copy.deepcopy(norm).eval() if norm.training else norm
+    return fuse_conv_bn_eval(conv_eval, norm_eval).train(conv.training)
 
 
 class FusedResidualBlock(nn.Module):

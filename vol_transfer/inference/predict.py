@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "whole", "tiled", "window")
 # Live activation tensors of the widest layer during a forward pass: measured 2.6 for the fused
-# HighRes3DNet in fp32 (benchmarks/bench_inference.py --quick: 2.81 GiB over 3.7 M voxels);
+# HighRes3DNet in fp32 (the issue-6 benchmarks/bench_inference.py --quick: 2.81 GiB over 3.7 M voxels);
 # 3 leaves headroom for the allocator.
 ACTIVATION_COPIES = 3.0
 # auto prefers exact tiles unless they cost more than this many times the windows' voxels
@@ -286,7 +286,7 @@ def predict_logits(
     tensor = _as_tensor(image)
     device = torch.device(options.device) if options.device is not None else _model_device(model)
     plan = plan_inference(model, tensor.shape[1:], options)
-    log.info(plan.describe())
+    log.debug(plan.describe())  # Predictor.predict_case reports it per case
     flips = _flips(options)
     bar = _progress_bar(options, plan, len(flips))
     step = bar.update if bar is not None else None

@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +45,8 @@ from vol_transfer.io.atomic import refuse_to_overwrite, remove_stale_temporaries
 from vol_transfer.io.case_inputs import CHANNELS_FIX, Case
 from vol_transfer.io.folder_lock import FolderLock
 from vol_transfer.io.volumes import AFFINE_TOLERANCE, Volume, check_affine, header_geometry, nifti_placement_drift, save_volume
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "parse_label_map", "check_writable_grid", "TIMINGS_FILE", "TIMING_COLUMNS", "write_timings"]
 
@@ -127,7 +129,7 @@ class Predictor:
             raise CheckpointError(path, f"its metadata names {len(channels)} channels ({', '.join(channels)}) for a "
                                         f"network with {inputs} input channels", "store one name per input channel")
         options = tta_options(options or InferenceOptions(), metadata, str(path),
-                              say or (lambda text: print(text, file=sys.stderr)))
+                              say or logger.info)
         return cls(model=model, channels=channels, preprocessing=metadata.get("preprocessing"),
                    options=options, label_map=parse_label_map(map_labels, metadata),
                    name=str(path), metadata=dict(metadata))
@@ -172,7 +174,7 @@ class Predictor:
         return self._labels(self._logits(prepared, volume.name), inverse)
 
     def predict_case(self, case: Case, out_dir: PathLike, *, probabilities: bool = False,
-                     overwrite: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
+                     overwrite: bool = False, say: Callable[[str], None] = logger.info) -> dict[str, Any]:
         """Segment one case, write its outputs, return its timing row."""
         from vol_transfer.preprocessing.pipeline import Preprocessor
 
@@ -210,7 +212,7 @@ class Predictor:
 
     def run(self, cases: Sequence[Case], out_dir: PathLike, *, probabilities: bool = False,
             overwrite: bool = False, resume: bool = False,
-            say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+            say: Callable[[str], None] = logger.info) -> list[dict[str, Any]]:
         """Segment every case into ``out_dir``; return the timing rows of the cases computed.
 
         Every refusal comes before any work: ``out_dir`` a file, an output that would replace an

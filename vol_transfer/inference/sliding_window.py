@@ -5,6 +5,13 @@ Windows are placed as MONAI's ``sliding_window_inference`` places them (stride
 logits are blended with an importance map. Use it for networks that down-sample; for a network
 without down-sampling (HighRes3DNet) :mod:`vol_transfer.inference.tiling` is exact and cheaper.
 
+Kept instead of MONAI's ``SlidingWindowInferer`` because the fair benchmark (same BN-folded
+channels_last model, same windows and batch size) measured it 5–10 % faster end to end on a
+BraTS head crop, in both run orders
+(``benchmarks/bench_inference.py``; benchmarks/RESULTS.md). Given the same weights
+(:func:`importance_map`) its output equals MONAI's (tests/inference/test_window.py); MONAI's own
+Gaussian map is this one times a constant except at the 1e-3 floor, so its blend differs there.
+
 Padding semantics: every window is zero-padded by the network at its own borders, also where the
 window border lies inside the volume. Those voxels therefore see less context than in a
 whole-volume pass; Gaussian blending down-weights them, constant blending does not. A window

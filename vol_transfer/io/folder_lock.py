@@ -26,6 +26,7 @@ import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -36,6 +37,8 @@ from vol_transfer.errors import OutputExistsError, PathLike
 from vol_transfer.io.atomic import write_error
 
 LOCK_NAME = ".vol-transfer.lock"
+
+logger = logging.getLogger(__name__)
 
 
 def read_holder(path: PathLike) -> dict[str, Any]:
@@ -73,7 +76,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.command = command or current_command()
-        self.say = say or (lambda text: print(text, file=sys.stderr))
+        self.say = say or logger.warning
         self._fd: int | None = None
 
     def acquire(self) -> "FolderLock":

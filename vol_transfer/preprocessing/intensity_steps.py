@@ -15,7 +15,7 @@ Example:
     >>> from_dict(list[IntensityStep], [{"kind": "zscore", "mask": "nonzero"}, {"kind": "percentile"}], "intensity")
     Traceback (most recent call last):
     ...
-    vol_transfer.errors.RecipeError: intensity[1].kind: 'percentile' is not allowed — did you mean 'percentile_clip'? choose one of 'zscore', 'percentile_clip', 'hu_window', 'scale_by_max', 'scale_uint8'
+    vol_transfer.errors.RecipeError: intensity[1].kind: 'percentile' is not allowed — did you mean 'percentile_clip'? choose one of 'zscore', 'percentile_clip', 'hu_window', 'scale_by_max', 'scale_uint8', 'histogram_standardization'
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 
 from vol_transfer.errors import RecipeError
 from vol_transfer.preprocessing import intensity
+from vol_transfer.preprocessing.histogram_standardization import HistogramStandardization
 from vol_transfer.recipes import option
 
 Channels = Optional[list[int]]
@@ -104,6 +105,7 @@ class ScaleUint8:
         return intensity.scale_uint8(array)
 
 
-IntensityStep = Union[ZScore, PercentileClip, HUWindow, ScaleByMax, ScaleUint8]
+IntensityStep = Union[ZScore, PercentileClip, HUWindow, ScaleByMax, ScaleUint8, HistogramStandardization]
 
-__all__ = ["IntensityStep", "ZScore", "PercentileClip", "HUWindow", "ScaleByMax", "ScaleUint8"]
+__all__ = ["IntensityStep", "ZScore", "PercentileClip", "HUWindow", "ScaleByMax", "ScaleUint8",
+           "HistogramStandardization"]

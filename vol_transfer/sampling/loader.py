@@ -26,9 +26,10 @@ training engine's in-memory cases do.
 How the stream is defined (why resume and worker counts do not change it): batch ``b`` is a pure
 function of ``(seed, b)``. Volumes are visited in epochs, each in a seeded random order; a
 *visit* draws ``patches_per_volume`` windows from one volume (centres seeded by ``(seed, visit)``,
-augmentation by ``(seed, visit, draw)``). Visits are grouped in *blocks* of
-``volumes_per_block`` — the shuffle buffer — whose patches are shuffled together (seeded by
-``(seed, block)``); batch ``b`` is patches ``b·B … b·B + B - 1`` of that stream.
+augmentation by ``(seed, visit, draw)``; TorchIO transforms too, under a forked torch generator).
+Visits are grouped in *blocks* of ``volumes_per_block`` — the shuffle buffer — whose patches are
+shuffled together (seeded by ``(seed, block)``); batch ``b`` is patches ``b·B … b·B + B - 1`` of
+that stream.
 
 Workers: DataLoader worker ``w`` of ``W`` builds whole batches ``b ≡ w (mod W)``; DataLoader returns
 them round-robin, i.e. in stream order. Workers start with the ``fork`` method on Linux (the
@@ -58,7 +59,7 @@ from vol_transfer.sampling.ring import BatchRing
 LoadResult = tuple  # (image, label) or (image, label, weights)
 WorkerTransport = Literal["torch", "ring"]
 WORKER_TRANSPORTS = ("torch", "ring")
-_ORDER, _SHUFFLE, _CENTRES, _AUGMENT = 0, 1, 2, 3  # generator streams, kept apart by a tag
+_ORDER, _SHUFFLE, _CENTRES, _AUGMENT, _TORCHIO = 0, 1, 2, 3, 4  # generator streams, kept apart by a tag
 # Labels travel as int16 (−1 = padding fits): a quarter of int64's bytes between processes.
 # Losses that need int64 (cross-entropy) convert on the training device.
 LABEL_DTYPE = torch.int16
@@ -201,11 +202,14 @@ class PatchStream(IterableDataset):
         return self._centres[visit]
 
     def _patch(self, volume: LoadedVolume, visit: int, draw: int):
-        params = None
+        params, pipeline, torchio_seed = None, None, 0
         if self.augmentation is not None:
             params = self.augmentation.draw(np.random.default_rng([self.seed, _AUGMENT, visit, draw]))
+            pipeline = self.augmentation.torchio_pipeline
+            if pipeline is not None:  # TorchIO draws from torch's generator: seeded per patch, forked
+                torchio_seed = int(np.random.default_rng([self.seed, _TORCHIO, visit, draw]).integers(2**63 - 1))
         return extract_patch(volume.image, volume.label, self.centres(visit, volume)[draw], self.sampler.window,
-                             params, self.image_fill, self.padding_label)
+                             params, self.image_fill, self.padding_label, pipeline, torchio_seed)
 
     def volume(self, item: int) -> LoadedVolume:
         """Item ``item`` loaded with its sampler index (once; then kept)."""

@@ -34,6 +34,7 @@ from vol_transfer.errors import RecipeError
 from vol_transfer.io.atomic import atomic_path, atomic_write_text
 from vol_transfer.nets.highres3dnet import HighRes3DNet
 from vol_transfer.recipes import option, register_task
+from vol_transfer.studies.executors import ClusterSection
 from vol_transfer.studies.subsets import nested_subsets
 
 DEFAULT_ABLATION_ARMS = ["scratch", "model_1", "model_2", "model_3", "model_4", "model_5"]
@@ -63,6 +64,7 @@ class StudyConfig:
     set: list[str] = option(default_factory=list)  # overrides applied to every arm
     parallel: int = option(1, ge=1)  # arms trained at once (processes on this machine)
     threads_per_arm: Optional[int] = option(None, ge=1)
+    cluster: ClusterSection = option(default_factory=ClusterSection)  # inline here, or each arm a local/Slurm job
     evaluate_splits: list[str] = option(["train", "validation", "test"], min_len=1)
     threshold: float = option(0.4, gt=0, le=1)  # validation Dice for the time-to-threshold column
     title: str = ""
@@ -97,8 +99,7 @@ def arm_overrides(name: str) -> list[str]:
         return ["transfer.freezing.kind=freeze_first", f"transfer.freezing.k={k}"]
     if match := re.fullmatch(r"gradual_(\d+)_(\d+)", name):
         k, release = int(match.group(1)), int(match.group(2))
-        frozen = ", ".join(HIGHRES3DNET_GROUPS[:k])
-        return [f"transfer.freezing={{kind: phases, phases: {{0: [{frozen}], {release}: []}}}}"]
+        return ["transfer.freezing.kind=freeze_first", f"transfer.freezing.k={k}", f"transfer.freezing.until={release}"]
     if match := re.fullmatch(r"discriminative_(0?\.\d+|1(\.0*)?)", name):
         return [NO_FREEZING, f"transfer.lr_decay={float(match.group(1))}"]
     raise RecipeError(
@@ -140,11 +141,14 @@ def shell_line(command: list[str]) -> str:
 
 
 def write_subset_manifests(
-    manifest_path: Path, train_split: str, sizes: list[float | str], seed: int, folder: Path
+    manifest_path: Path, train_split: str, sizes: list[float | str], seed: int, folder: Path,
+    held_out_fold: int | None = None,
 ) -> list[tuple[str, Path, list[str]]]:
     """Write one manifest per nested subset (all non-training rows kept); return (name, path, ids).
 
-    The nesting is recorded in ``subsets.json`` beside them.
+    With ``held_out_fold = k`` the subsets are drawn from the training cases of the other folds
+    and every case of fold k is kept, so each size is scored on the same held-out cases. The
+    nesting is recorded in ``subsets.json`` beside them.
     """
     with open(manifest_path, newline="") as handle:
         lines = handle.read().splitlines()
@@ -152,7 +156,12 @@ def write_subset_manifests(
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     if not rows:
         raise RecipeError(manifest_path, "manifest has no rows", "point the target recipe at a non-empty manifest")
-    train_ids = [r["subject_id"] for r in rows if r["split"] == train_split]
+    if held_out_fold is not None and "fold" not in rows[0]:
+        raise RecipeError(manifest_path, "has no fold column for the study's folds",
+                          "write the folds with vol-transfer data manifest --folds K, or drop folds:")
+    held_out = {r["subject_id"] for r in rows if held_out_fold is not None and r["split"] == train_split
+                and r["fold"] == str(held_out_fold)}
+    train_ids = [r["subject_id"] for r in rows if r["split"] == train_split and r["subject_id"] not in held_out]
     subsets = nested_subsets(train_ids, sizes, seed)
     written = []
     for index, ids in enumerate(subsets, start=1):
@@ -164,7 +173,7 @@ def write_subset_manifests(
                 handle.write(comment + "\n")
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(r for r in rows if r["split"] != train_split or r["subject_id"] in keep)
+            writer.writerows(r for r in rows if r["split"] != train_split or r["subject_id"] in keep | held_out)
         written.append((name, path, ids))
     record = {name: ids for name, _, ids in written}
     atomic_write_text(folder / "subsets.json", json.dumps({"seed": seed, "subsets": record}, indent=1) + "\n")
@@ -200,14 +209,18 @@ def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_s
     if config.kind == "dataset_size":
         if manifest is None:
             raise RecipeError("recipe", "the target recipe names no data.manifest", "set data.manifest in it")
-        subsets = write_subset_manifests(manifest, train_split, list(config.subsets or []), config.subset_seed,
-                                         folder / "subsets")
+        # with folds: nested subsets inside each fold's training cases, the held-out fold whole
+        by_fold = {fold: write_subset_manifests(manifest, train_split, list(config.subsets or []), config.subset_seed,
+                                                folder / "subsets" / (f"fold{fold}" if fold is not None else ""),
+                                                held_out_fold=fold)
+                   for fold in config.folds or [None]}
     else:
-        subsets = [("", None, [])]
-    for subset_name, subset_manifest, ids in subsets:
+        by_fold = {fold: [("", None, [])] for fold in config.folds or [None]}
+    for index in range(len(next(iter(by_fold.values())))):
         for name, overrides in _arm_list(config):
             for seed in config.seeds:
                 for fold in config.folds or [None]:
+                    subset_name, subset_manifest, ids = by_fold[fold][index]
                     extra = [f"training.seed={seed}"]
                     if subset_manifest is not None:
                         extra.append(f"data.manifest={subset_manifest}")

@@ -209,7 +209,9 @@ def run_study(
         return {"commands": str(commands), "arms": len(plan.arms)}
     started = time.perf_counter()
     if not report_only:
-        failed = train_arms(plan, Path(config.recipe), data_root, config.parallel, echo)
+        from vol_transfer.studies.executors import run_arms  # here (inline) or as submitit jobs (local, slurm)
+
+        failed = run_arms(config.cluster, plan, Path(config.recipe), data_root, config.parallel, echo)
         if failed:
             raise InputDataError(
                 failed[0].run_dir / "train.log", f"{len(failed)} arm(s) failed ({', '.join(a.label for a in failed)})",

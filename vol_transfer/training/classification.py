@@ -21,9 +21,8 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +34,12 @@ from torch import nn
 
 from vol_transfer.errors import PathLike
 from vol_transfer.evaluation.classification import (
+    Predictions,
     classification_report,
     plot_confusion_matrix,
     plot_roc,
     study_wise,
+    write_predictions,
 )
 from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.nets import build_network
@@ -66,6 +67,8 @@ from vol_transfer.training.pretext import PretextConfig, run_pretext, transfer_e
 from vol_transfer.training.network_spec import CBRLargeTSpec, ClassifierNetworkSpec
 from vol_transfer.training.schedules import LRSchedule
 from vol_transfer.transfer.lr_groups import make_optimizer as make_grouped_optimizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -143,9 +146,19 @@ def _initialise(
     if init.rename == "torchvision_densenet":
         state = densenet_state_from_torchvision(state)
     report = transfer_encoder(state, model, prefix=init.prefix, where=source)
-    print(f"init from {source}: {report.summary()}", flush=True)
+    logger.info(f"init from {source}: {report.summary()}")
     return {"init": str(source), "copied": len(report.copied), "adapted": list(report.adapted),
             "reinitialised": list(report.reinitialised)}
+
+
+def class_loss_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+    """Cross-entropy class weights ``N / (K · count_k)``: every class contributes equally to the loss.
+
+    >>> class_loss_weights(np.array([0, 0, 0, 1]), 2)
+    tensor([0.6667, 2.0000])
+    """
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    return torch.tensor(len(labels) / (classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
 def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -161,28 +174,40 @@ def recalibrate_batch_norm(model: nn.Module, images: np.ndarray, batch_size: int
 
     With few, large-learning-rate steps the exponential running averages lag the weights, and
     eval-mode predictions drift (e.g. every image called PNEUMONIA although the ranking, AUC, is
-    good). A no-gradient pass over some training images fixes that ("precise BN").
+    good). A no-gradient pass over some training images fixes that ("precise BN"), done by
+    ``torch.optim.swa_utils.update_bn`` (cumulative average: every batch weighs the same; the model
+    gets its train/eval mode back). A trailing batch of one image is left out; fewer than two
+    images leave the statistics as they are.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or len(images) < 2:
+    if len(images) < 2:
         return
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative moving average = exact mean over the passes
-    model.train()
-    for first in range(0, len(images) - 1, batch_size):
-        model(to_batch(images[first:first + batch_size]))
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
+    batches = (to_batch(images[first:first + batch_size]) for first in range(0, len(images) - 1, batch_size))
+    device = next(model.parameters(), torch.empty(0)).device
+    torch.optim.swa_utils.update_bn(batches, model, device=device)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities ``(N, K)`` for uint8 images."""
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+    """Class probabilities ``(N, K)`` for uint8 images (``model`` on ``device``)."""
     model.eval()
-    outputs = [torch.softmax(model(to_batch(images[i:i + batch_size])), dim=1) for i in range(0, len(images), batch_size)]
+    outputs = [torch.softmax(model(to_batch(images[i:i + batch_size]).to(device)), dim=1).cpu()
+               for i in range(0, len(images), batch_size)]
     return torch.cat(outputs).numpy()
+
+
+def image_preprocessing(data: ImageDataConfig) -> dict[str, Any]:
+    """What a classification checkpoint records so inference loads images exactly as training did.
+
+    Every image goes through :func:`vol_transfer.io.images2d.load_image` (grey or RGB, bilinear resize to
+    ``image_size``², uint8; 8-bit DICOM pixels as stored, deeper ones through their window) and
+    :func:`~vol_transfer.training.image_data.to_batch` (/255). A step added to that path must be recorded
+    here and applied by :mod:`vol_transfer.inference.classify`, which refuses keys it does not know.
+
+    >>> image_preprocessing(ImageDataConfig(image_size=64))
+    {'kind': 'image2d', 'image_size': 64, 'channels': 1, 'resize': 'bilinear', 'intensity': 'scale_uint8'}
+    """
+    return {"kind": "image2d", "image_size": data.image_size, "channels": data.channels, "resize": "bilinear",
+            "intensity": "scale_uint8"}
 
 
 def image_group(path: PathLike, class_name: str, keywords: list[str]) -> str:
@@ -224,12 +249,8 @@ class ClassifierValidator:
 
 
 def _write_outputs(run_dir: Path, data: ImageSet, probabilities: np.ndarray, result: dict[str, Any]) -> None:
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["path", "patient_id", "label", "prediction", *[f"p_{c}" for c in data.classes]])
-    for path, patient, label, p in zip(data.paths, data.patients, data.labels, probabilities):
-        writer.writerow([str(path), patient, data.classes[label], data.classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
-    atomic_write_text(run_dir / "predictions.csv", rows.getvalue())
+    write_predictions(run_dir / "predictions.csv", Predictions(
+        [str(p) for p in data.paths], probabilities, data.classes, [data.classes[y] for y in data.labels], data.patients))
     if len(data.classes) == 2:
         plot_roc(data.labels, probabilities[:, 1], run_dir / "roc.png", title="validation ROC")
     plot_confusion_matrix(result["validation"]["confusion_matrix"], data.classes, run_dir / "confusion_matrix.png")
@@ -253,25 +274,30 @@ def run_classification(
     data = with_data_root(config.data, data_root)
     train = load_image_set(data, config.train_split, progress=progress)
     validation = load_image_set(data, config.validation_split, progress=progress)
-    print(f"train {len(train)} images {dict(zip(train.classes, train.class_counts()))}, "
-          f"validation {len(validation)} {dict(zip(validation.classes, validation.class_counts()))}", flush=True)
+    logger.info(f"train {len(train)} images {dict(zip(train.classes, train.class_counts()))}, "
+                f"validation {len(validation)} {dict(zip(validation.classes, validation.class_counts()))}")
     network = config.network.architecture(in_channels=data.channels, num_classes=len(train.classes))
     model = build_network(network)
     init = _initialise(config, model, run_dir, data_root, progress) if not resume else {"init": "resumed"}
     # a pre-training run in this process set its own seed and threads: training must not depend on it
     seed_everything(config.seed + 1, deterministic=False)
     torch.set_num_threads(config.threads)
-    batches = ImageBatches(train.images, train.labels, config.batch_size, config.balance, config.seed, data.hflip)
+    batches = ImageBatches(train.images, train.labels, config.batch_size, config.balance, config.seed, data.hflip,
+                           augment=data.augment)
+    class_weights = (class_loss_weights(train.labels, len(train.classes))
+                     if config.balance == "class_weighted_loss" else None)
     per_epoch = batches.per_epoch
     selection = SELECTION[config.selection_metric]
     metadata = make_metadata(network, ["grey"] if data.channels == 1 else ["red", "green", "blue"],
                              validation.classes,
-                             preprocessing={"image_size": data.image_size, "intensity": "scale_uint8"},
+                             preprocessing=image_preprocessing(data),
                              recipe={"task": "classification", **config_to_dict(config)})
     freezing = FreezingSchedule.warmup(config.warmup_epochs * per_epoch, model) if config.warmup_epochs else None
     task = TrainingTask(
         model=model, batches=batches,
-        loss=lambda net, batch: nn.functional.cross_entropy(net(batch["image"]), batch["label"]),
+        loss=lambda net, batch: nn.functional.cross_entropy(
+            net(batch["image"]), batch["label"],
+            weight=None if class_weights is None else class_weights.to(batch["image"].device)),
         validate=ClassifierValidator(validation, train, config),
         make_optimizer=lambda net, _previous: make_optimizer(net, config.optim),
         schedule=LRSchedule(), metadata=metadata | {"task": "classification"}, selection=selection,

@@ -26,6 +26,7 @@ from vol_transfer.errors import ManifestError
 from vol_transfer.io.images2d import load_image_stack
 from vol_transfer.preprocessing.intensity import scale_uint8
 from vol_transfer.recipes import option
+from vol_transfer.training.image_augmentation import ImageAugmentation, augment_images
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ImageDataConfig:
     max_validation: int | None = option(None, ge=1, help="seeded class-stratified subset of the validation split")
     subset_seed: int = 0
     hflip: bool = option(True, help="random horizontal flips while training")
+    augment: ImageAugmentation | None = option(None, help="random pose/exposure/blur/noise while training (off when unset)")
 
 
 @dataclass
@@ -119,9 +121,9 @@ class ImageBatches:
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, balance: BalanceMethod = "none",
-                 seed: int = 0, hflip: bool = False, make_batch=None) -> None:
+                 seed: int = 0, hflip: bool = False, make_batch=None, augment: ImageAugmentation | None = None) -> None:
         self.images, self.labels = images, np.asarray(labels)
-        self.balance, self.seed, self.hflip = balance, int(seed), hflip
+        self.balance, self.seed, self.hflip, self.augment = balance, int(seed), hflip, augment
         length = len(epoch_indices(self.labels, balance, np.random.default_rng(0)))
         self.batch_size = min(batch_size, length)
         self.per_epoch = max(1, length // self.batch_size)
@@ -130,7 +132,8 @@ class ImageBatches:
         self._order: tuple[int, np.ndarray] | None = None
 
     def _classification_batch(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict:
-        return {"image": to_batch(images, hflip=self.hflip, rng=rng), "label": torch.from_numpy(labels)}
+        return {"image": to_batch(images, hflip=self.hflip, rng=rng, augment=self.augment),
+                "label": torch.from_numpy(labels)}
 
     def __iter__(self) -> "ImageBatches":
         return self
@@ -151,22 +154,26 @@ class ImageBatches:
         self.next_batch = int(state["next_batch"])
 
 
-def to_batch(images: np.ndarray, hflip: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:
-    """uint8 images → float32 tensor in [0, 1]; each image flipped left-right with probability ½."""
+def to_batch(images: np.ndarray, hflip: bool = False, rng: np.random.Generator | None = None,
+             augment: ImageAugmentation | None = None) -> torch.Tensor:
+    """uint8 images → float32 tensor in [0, 1]; with ``rng``: each image flipped left-right with
+    probability ½ (``hflip``) and randomly augmented (``augment``, see :mod:`.image_augmentation`)."""
     batch = scale_uint8(images)
     if hflip and rng is not None:
         flip = rng.random(len(batch)) < 0.5
         batch[flip] = batch[flip][..., ::-1]
+    if augment is not None and rng is not None:
+        batch = augment_images(batch, augment, rng)
     return torch.from_numpy(np.ascontiguousarray(batch))
 
 
-BalanceMethod = Literal["none", "oversample", "undersample", "weighted_sampler"]
+BalanceMethod = Literal["none", "oversample", "undersample", "weighted_sampler", "class_weighted_loss"]
 
 
 def epoch_indices(labels: np.ndarray, method: BalanceMethod, rng: np.random.Generator) -> np.ndarray:
     """One epoch's sample order with the class balance ``method``.
 
-    - ``none``: every index once, shuffled.
+    - ``none`` and ``class_weighted_loss`` (the loss, not the order, balances): every index once, shuffled.
     - ``oversample``: minority classes duplicated up to the majority count (each index at most
       one copy more than any other of its class), shuffled.
     - ``undersample``: every class cut to the minority count, shuffled.
@@ -175,7 +182,7 @@ def epoch_indices(labels: np.ndarray, method: BalanceMethod, rng: np.random.Gene
     """
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
-    if method == "none":
+    if method in ("none", "class_weighted_loss"):
         return rng.permutation(len(labels))
     if method == "weighted_sampler":
         weights = 1.0 / counts[np.searchsorted(classes, labels)]

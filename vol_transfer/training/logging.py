@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vol_transfer.io.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 # A fixed palette for label overlays: class k → colour (background transparent).
 _PALETTE = np.array(
@@ -217,11 +220,9 @@ class RunLogger:
         self.bar.refresh()
 
     def message(self, text: str) -> None:
+        """Log ``text`` (INFO); the command's console handler writes it above the progress bar."""
         if self.enabled:
-            if self.bar is not None:
-                self.bar.write(text, file=sys.stderr)
-            else:
-                print(text, file=sys.stderr)
+            logger.info(text)
 
     def close(self) -> None:
         if not self.enabled or self.writer is None:

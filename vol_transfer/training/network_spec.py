@@ -18,16 +18,32 @@ Example:
     Traceback (most recent call last):
     ...
     vol_transfer.errors.RecipeError: network.options.widht: unknown key — did you mean 'width'? valid keys: activation, width, dropout
+
+MONAI's segmentation networks (:mod:`vol_transfer.nets.monai_networks`) are named ``monai.<Class>``;
+``options`` are the class's constructor arguments and ``groups`` (optional) its layer groups, an
+ordered mapping of glob patterns over parameter names that must split the parameters exactly:
+    >>> spec = from_dict(NetworkSpec, {"name": "monai.SegResNet", "options": {"init_filters": 8}}, "network")
+    >>> spec.layer_group_names()
+    ['stem', 'enc1', 'enc2', 'enc3', 'enc4', 'dec3', 'dec2', 'dec1', 'head']
+    >>> from_dict(NetworkSpec, {"name": "monai.SegResNet", "groups": {"stem": ["convInit.*"], "rest": ["down_*", "up_*"]}},
+    ...           "network")
+    Traceback (most recent call last):
+    ...
+    vol_transfer.errors.RecipeError: network.groups: 4 parameter(s)/buffer(s) belong to no group: conv_final.0.weight, conv_final.0.bias, conv_final.2.conv.weight, conv_final.2.conv.bias — add patterns for them to a group (every parameter must be in exactly one group)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
+
+import torch
 
 from vol_transfer.nets.autoencoder import AUTOENCODER_GROUPS
 from vol_transfer.nets.classifiers2d import CBR_LARGE_T_GROUPS, CBR_WIDTHS, DENSENET121_GROUPS
 from vol_transfer.nets.highres3dnet import HighRes3DNet
+from vol_transfer.nets.monai_networks import (DynUNetOptions, HighResNetOptions, SegResNetOptions, SwinUNETROptions,
+                                               UNetOptions)
 from vol_transfer.recipes import config_to_dict, option
 
 
@@ -44,7 +60,11 @@ class _Network:
 
     def layer_group_names(self) -> list[str]:
         """The network's layer groups in order (for freezing and per-group learning rates)."""
-        return list(LAYER_GROUPS[self.name])
+        return list(self.layer_groups())
+
+    def layer_groups(self) -> dict[str, tuple[str, ...]]:
+        """The ordered ``group → parameter-name patterns`` map (:mod:`vol_transfer.transfer.groups`)."""
+        return dict(LAYER_GROUPS[self.name])
 
 
 @dataclass(kw_only=True)
@@ -109,9 +129,109 @@ class CBRAutoencoderSpec(_Network):
 LAYER_GROUPS = {"highres3dnet": HighRes3DNet.layer_groups, "cbr_large_t": CBR_LARGE_T_GROUPS,
                 "densenet121_2d": DENSENET121_GROUPS, "cbr_autoencoder": AUTOENCODER_GROUPS}
 
-NetworkSpec = Union[HighRes3DNetSpec, CBRLargeTSpec, DenseNet121Spec, CBRAutoencoderSpec]
-SegmentationNetworkSpec = HighRes3DNetSpec
+
+# --------------------------------------------------------------------------------------------
+# MONAI's 3-D segmentation networks (vol_transfer.nets.monai_networks): typed constructor options,
+# layer groups from the recipe (network.groups, ordered, glob patterns) or the shipped defaults
+# --------------------------------------------------------------------------------------------
+
+
+def _check_groups_map(groups: Any) -> str | None:
+    for name, patterns in groups.items():
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            return f"group {name!r} needs a non-empty list of glob patterns"
+    return None
+
+
+_GROUPS_HELP = "an ordered mapping group → [glob patterns over parameter names], input to output, head last"
+
+
+@dataclass(kw_only=True)
+class _MonaiNetwork(_Network):
+    """What every MONAI network spec offers: ``options`` are the MONAI constructor's arguments
+    (``spatial_dims``, ``in_channels``, ``out_channels`` come from the data), ``groups`` the layer groups."""
+
+    groups: Optional[dict[str, list[str]]] = option(None, min_len=1, check=_check_groups_map, help=_GROUPS_HELP)
+
+    def layer_groups(self) -> dict[str, tuple[str, ...]]:
+        """The ordered ``group → patterns`` map: the recipe's ``groups``, else the network's defaults."""
+        from vol_transfer.nets.monai_networks import default_groups
+
+        if self.groups is not None:
+            return {name: tuple(patterns) for name, patterns in self.groups.items()}
+        return default_groups(self.name, config_to_dict(self.options))
+
+    def layer_group_names(self) -> list[str]:
+        return list(self.layer_groups())
+
+    def architecture(self, in_channels: int, num_classes: int) -> dict[str, Any]:
+        # [[group, patterns], ...]: a list keeps the order through the checkpoint's JSON (which sorts mapping keys)
+        groups = [[name, list(patterns)] for name, patterns in self.layer_groups().items()]
+        return {"name": self.name.lower(), "in_channels": in_channels, "num_classes": num_classes, "spatial_dims": 3,
+                **config_to_dict(self.options), "groups": groups}
+
+    def validate(self, where: str) -> None:
+        """Build the network on the meta device (no memory) and check the groups split its parameters."""
+        from vol_transfer.nets.monai_networks import build_monai_network
+
+        self.options.check(f"{where}.options" if where else "options")
+        arguments = {"groups": self.layer_groups(), "where": where or "network", **config_to_dict(self.options)}
+        try:
+            with torch.device("meta"):
+                build_monai_network(self.name, 1, 2, **arguments)
+        except RuntimeError:  # a constructor that reads tensor values (SwinUNETR): build it for real
+            build_monai_network(self.name, 1, 2, **arguments)
+
+
+@dataclass(kw_only=True)
+class MonaiSegResNetSpec(_MonaiNetwork):
+    """MONAI's SegResNet."""
+
+    name: Literal["monai.SegResNet"] = "monai.SegResNet"
+    options: SegResNetOptions = field(default_factory=SegResNetOptions)
+
+
+@dataclass(kw_only=True)
+class MonaiUNetSpec(_MonaiNetwork):
+    """MONAI's UNet."""
+
+    name: Literal["monai.UNet"] = "monai.UNet"
+    options: UNetOptions = field(default_factory=UNetOptions)
+
+
+@dataclass(kw_only=True)
+class MonaiDynUNetSpec(_MonaiNetwork):
+    """MONAI's DynUNet (the nnU-Net architecture)."""
+
+    name: Literal["monai.DynUNet"] = "monai.DynUNet"
+    options: DynUNetOptions = field(default_factory=DynUNetOptions)
+
+
+@dataclass(kw_only=True)
+class MonaiSwinUNETRSpec(_MonaiNetwork):
+    """MONAI's SwinUNETR."""
+
+    name: Literal["monai.SwinUNETR"] = "monai.SwinUNETR"
+    options: SwinUNETROptions = field(default_factory=SwinUNETROptions)
+
+
+@dataclass(kw_only=True)
+class MonaiHighResNetSpec(_MonaiNetwork):
+    """MONAI's HighResNet."""
+
+    name: Literal["monai.HighResNet"] = "monai.HighResNet"
+    options: HighResNetOptions = field(default_factory=HighResNetOptions)
+
+
+MonaiNetworkSpec = Union[MonaiSegResNetSpec, MonaiUNetSpec, MonaiDynUNetSpec, MonaiSwinUNETRSpec, MonaiHighResNetSpec]
+NetworkSpec = Union[HighRes3DNetSpec, CBRLargeTSpec, DenseNet121Spec, CBRAutoencoderSpec, MonaiSegResNetSpec,
+                    MonaiUNetSpec, MonaiDynUNetSpec, MonaiSwinUNETRSpec, MonaiHighResNetSpec]
+SegmentationNetworkSpec = Union[HighRes3DNetSpec, MonaiSegResNetSpec, MonaiUNetSpec, MonaiDynUNetSpec,
+                                MonaiSwinUNETRSpec, MonaiHighResNetSpec]
 ClassifierNetworkSpec = Union[CBRLargeTSpec, DenseNet121Spec]
 
-__all__ = ["NetworkSpec", "SegmentationNetworkSpec", "ClassifierNetworkSpec", "HighRes3DNetSpec", "CBRLargeTSpec",
-           "DenseNet121Spec", "CBRAutoencoderSpec", "HighRes3DNetOptions", "CBROptions", "DenseNet121Options"]
+__all__ = ["NetworkSpec", "SegmentationNetworkSpec", "ClassifierNetworkSpec", "MonaiNetworkSpec", "HighRes3DNetSpec",
+           "CBRLargeTSpec", "DenseNet121Spec", "CBRAutoencoderSpec", "HighRes3DNetOptions", "CBROptions",
+           "DenseNet121Options", "MonaiSegResNetSpec", "MonaiUNetSpec", "MonaiDynUNetSpec", "MonaiSwinUNETRSpec",
+           "MonaiHighResNetSpec", "SegResNetOptions", "UNetOptions", "DynUNetOptions", "SwinUNETROptions",
+           "HighResNetOptions"]

@@ -34,6 +34,7 @@ from vol_transfer.nets import build_network
 from vol_transfer.recipes import config_to_dict, option, register_task
 from vol_transfer.training.engine import EngineSettings, Selection, Trainer, TrainingTask, ValidationResult
 from vol_transfer.training.genesis import GenesisCorruption
+from vol_transfer.training.image_augmentation import ImageAugmentation
 from vol_transfer.training.image_data import ImageBatches, ImageDataConfig, load_image_set, to_batch, with_data_root
 from vol_transfer.training.network_spec import CBRAutoencoderSpec
 from vol_transfer.training.schedules import LRSchedule
@@ -93,11 +94,12 @@ def transfer_encoder(
     return transfer_weights(target, selected, channels=channels, head="auto", where=where)
 
 
-def _pretext_batch(method: str, corruption: GenesisCorruption, hflip: bool):
-    """``make_batch`` for :class:`ImageBatches`: the target image and the network's input (itself, or corrupted)."""
+def _pretext_batch(method: str, corruption: GenesisCorruption, hflip: bool, augment: ImageAugmentation | None = None):
+    """``make_batch`` for :class:`ImageBatches`: the (augmented) target image and the network's input
+    (itself, or corrupted)."""
 
     def make(images: np.ndarray, _labels: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        target = to_batch(images, hflip=hflip, rng=rng)
+        target = to_batch(images, hflip=hflip, rng=rng, augment=augment)
         if method == "autoencoder":
             return {"image": target, "target": target}
         corrupted = np.stack([corruption(image, rng) for image in target.numpy()])
@@ -150,7 +152,7 @@ def run_pretext(
     model = build_network(architecture)
     corruption = GenesisCorruption(**config.genesis.__dict__)
     batches = ImageBatches(images, np.zeros(len(images), dtype=np.int64), config.batch_size, "none", config.seed,
-                           make_batch=_pretext_batch(config.method, corruption, data.hflip))
+                           make_batch=_pretext_batch(config.method, corruption, data.hflip, data.augment))
     metadata = make_metadata(architecture, ["grey"] if data.channels == 1 else ["red", "green", "blue"], [],
                              preprocessing={"image_size": data.image_size, "intensity": "scale_uint8"},
                              recipe={"task": "pretext", **config_to_dict(config)})

@@ -14,6 +14,7 @@ Example recipe (see ``recipes/hippocampus_pretrain_cpu.yaml``)::
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -39,7 +40,15 @@ from vol_transfer.training.logging import overlay_panel
 from vol_transfer.training.losses import build_loss
 from vol_transfer.training.schedules import LRSchedule
 from vol_transfer.training.segmentation_config import SegmentationConfig
-from vol_transfer.training.segmentation_data import PreparedCase, check_labels, load_cases, make_batches
+from vol_transfer.training.segmentation_data import (
+    PreparedCase,
+    check_labels,
+    load_cases,
+    make_batches,
+    training_images,
+)
+
+logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # Validation
@@ -193,9 +202,11 @@ def frozen_adaptation_warning(adapted: dict[str, str], config: SegmentationConfi
 
     if not adapted or config.transfer.channel_adaptation not in ("repeat", "mean"):
         return None
-    groups = config.network.layer_group_names()
-    frozen_first = FreezingSchedule.from_spec(config.transfer.freezing, groups).frozen_at(0)
-    adapted_groups = sorted({name.split(".")[0] for name in adapted} & set(frozen_first))
+    from vol_transfer.transfer.groups import group_of
+
+    groups = config.network.layer_groups()
+    frozen_first = FreezingSchedule.from_spec(config.transfer.freezing, list(groups)).frozen_at(0)
+    adapted_groups = sorted({group_of(name, groups) for name in adapted} & set(frozen_first))
     if not adapted_groups:
         return None
     return (f"warning: {', '.join(adapted_groups)} was adapted to {config.transfer.channel_adaptation!r} input channels and "
@@ -223,6 +234,7 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
     from vol_transfer.io.data_root import resolve_data_root
     from vol_transfer.io.manifest import read_manifest
     from vol_transfer.nets import build_network
+    from vol_transfer.preprocessing.histogram_standardization import learn_landmarks
     from vol_transfer.preprocessing.pipeline import Preprocessor
 
     training = config.training
@@ -234,7 +246,8 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
 
     root = resolve_data_root(data_root or config.data.data_root)
     manifest = read_manifest(config.data.manifest, data_root=root)
-    preprocessor = Preprocessor.from_spec(config_to_dict(config.preprocessing))
+    preprocessor = learn_landmarks(Preprocessor.from_spec(config_to_dict(config.preprocessing)),
+                                   lambda: training_images(config, manifest))
     classes = config.class_names()
     num_classes = len(classes)
     started = time.perf_counter()
@@ -292,7 +305,7 @@ def _train(config: SegmentationConfig, run_dir: Path, resume: bool, data_root: P
         progress=progress,
     )
     if info.is_main and report:
-        print(report, flush=True)
+        logger.info(report)
     summary = Trainer(task, settings, run_dir, info).run(resume=resume)
     last = summary["last_validation"] or {}
     summary.update({

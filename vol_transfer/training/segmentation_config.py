@@ -17,7 +17,8 @@ from vol_transfer.errors import RecipeError
 from vol_transfer.preprocessing.intensity_steps import IntensityStep, ZScore
 from vol_transfer.preprocessing.pipeline import Preprocessor
 from vol_transfer.recipes import closest, option
-from vol_transfer.training.network_spec import SegmentationNetworkSpec
+from vol_transfer.sampling.torchio_augment import TorchioTransform
+from vol_transfer.training.network_spec import HighRes3DNetSpec, SegmentationNetworkSpec
 from vol_transfer.transfer.freezing_spec import FreezingSpec, NoFreezing
 
 @dataclass
@@ -58,6 +59,8 @@ class AugmentationSection:
     gamma: Optional[float] = option(None, gt=0)
     noise_std: Optional[float] = option(None, gt=0)
     bias_field: Optional[float] = option(None, gt=0)
+    # TorchIO transforms per window, in order: [{name: RandomMotion, p: 0.2, ...}] (sampling/torchio_augment.py)
+    torchio: list[TorchioTransform] = option(default_factory=list)
 
 
 @dataclass
@@ -74,7 +77,7 @@ class SamplerSection:
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)
 
 
-NetworkSection = SegmentationNetworkSpec  # {name: highres3dnet, options: {width, dropout, activation}}
+NetworkSection = SegmentationNetworkSpec  # {name: highres3dnet | monai.SegResNet | …, options: {...}}
 
 
 @dataclass
@@ -182,7 +185,7 @@ class SegmentationConfig:
     data: DataSection
     preprocessing: PreprocessingSection = field(default_factory=PreprocessingSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
-    network: NetworkSection = field(default_factory=NetworkSection)
+    network: NetworkSection = field(default_factory=HighRes3DNetSpec)
     transfer: TransferSection = field(default_factory=TransferSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossSection = field(default_factory=LossSection)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -38,6 +38,16 @@ def split_subjects(manifest: Any, split: str, fold: int | None = None, train_spl
                           f"choose one of {folds}")
     held_out = split == validation_split
     return [s for s in pool if (s.fold == fold) == held_out]
+
+
+def training_images(config: SegmentationConfig, manifest: Any) -> Iterator[Any]:
+    """The raw images (channels by name, as :func:`load_cases` picks them) of the training split, one by one."""
+    from vol_transfer.io.case import load_case
+
+    data = config.data
+    subjects = split_subjects(manifest, data.train_split, data.fold, data.train_split, data.validation_split)
+    for subject in subjects[:data.train_subjects]:
+        yield load_case(subject, data.channels)[0]
 
 
 def load_cases(config: SegmentationConfig, split: str, limit: int | None, manifest: Any,
@@ -130,7 +140,7 @@ def make_batches(cases: Sequence[PreparedCase], config: SegmentationConfig, rank
     if aug.enabled:
         augmentation = Augmentation(rotation_degrees=aug.rotation_degrees, scaling=aug.scaling,
                                     flip_axes=tuple(aug.flip_axes), gamma=aug.gamma, noise_std=aug.noise_std,
-                                    bias_field=aug.bias_field)
+                                    bias_field=aug.bias_field, torchio=tuple(aug.torchio))
     loader = PatchLoader(list(cases), _in_memory, sampler, batch_size=training.batch_size,
                          patches_per_volume=sampler_cfg.patches_per_volume,
                          volumes_per_block=sampler_cfg.volumes_per_block, augmentation=augmentation,

@@ -10,7 +10,7 @@ model's (or, for a network whose groups are fixed, the recipe's) and
 Example:
     >>> spec = parse_freezing_spec({"kind": "freeze_first", "k": 2})
     >>> spec
-    FreezeFirst(kind='freeze_first', k=2, bn_policy='update')
+    FreezeFirst(kind='freeze_first', k=2, until=None, bn_policy='update')
     >>> spec.phases_for(["conv_0", "res_1", "res_2"])
     [(0, ('conv_0', 'res_1'))]
     >>> parse_freezing_spec({"kind": "freez_first", "k": 2})
@@ -74,17 +74,20 @@ class NoFreezing(_Kind):
 
 @dataclass(kw_only=True)
 class FreezeFirst(_Kind):
-    """The first ``k`` groups frozen for the whole run (the study's models 1–5)."""
+    """The first ``k`` groups frozen for the whole run (the study's models 1–5), or until iteration
+    ``until`` and then everything trained (by position, so the same spec fits any network's groups)."""
 
     kind: Literal["freeze_first"] = "freeze_first"
     k: int = option(ge=0)
+    until: Optional[int] = option(None, ge=1)  # unfreeze everything at this iteration (null: never)
     bn_policy: BnPolicy = "update"
 
     def check_groups(self, groups: Sequence[str], where: str) -> None:
         _check_count(self.k, groups, f"{where}.k")
 
     def phases_for(self, groups: Sequence[str]) -> Phases:
-        return [(0, tuple(groups[: self.k]))]
+        frozen = [(0, tuple(groups[: self.k]))]
+        return frozen + [(self.until, ())] if self.until is not None else frozen
 
 
 @dataclass(kw_only=True)

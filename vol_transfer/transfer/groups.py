@@ -5,8 +5,9 @@ table (the idea of timm's ``group_matcher``). Patterns are shell-style globs mat
 full parameter/buffer name (``fnmatch``); the first group whose pattern matches wins.
 
 A model declares its groups with a ``layer_groups`` attribute (HighRes3DNet does, with
-:data:`vol_transfer.nets.highres3dnet.HIGHRES3DNET_GROUPS`); otherwise every top-level child is
-a group of its own.
+:data:`vol_transfer.nets.highres3dnet.HIGHRES3DNET_GROUPS`; MONAI networks get theirs from the
+recipe's ``network.groups`` or :mod:`vol_transfer.nets.monai_networks`, checked with
+:func:`check_partition`); otherwise every top-level child is a group of its own.
 
 Example:
     >>> from vol_transfer.nets import build_network
@@ -76,6 +77,46 @@ def assign_names(names: Iterable[str], groups: LayerGroups, where: str = "layer 
             "add patterns for them to a group (or a catch-all '*' pattern to the last group)",
         )
     return assigned
+
+
+def check_partition(model: nn.Module, groups: LayerGroups, where: str = "network.groups", shown: int = 4) -> None:
+    """Check that every parameter and buffer of ``model`` matches exactly one group's patterns and
+    that every pattern matches something (recipe-given groups: first-match-wins hides mistakes).
+
+    Raises:
+        RecipeError: one line naming the pattern that matches nothing, or the tensors matched by no
+            group or by two groups (the first ``shown`` of them, with the count).
+    """
+    groups = layer_groups_of(model, groups)
+    names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    for group, patterns in groups.items():
+        if not patterns:
+            raise RecipeError(f"{where}.{group}", "has no patterns", "list glob patterns, e.g. ['convInit.*']")
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                stems = sorted({name.split(".")[0] for name in names})
+                raise RecipeError(f"{where}.{group}", f"pattern {pattern!r} matches no parameter",
+                                  f"fix or drop it (top-level modules: {', '.join(stems)})")
+    unmatched, twice = [], []
+    for name in names:
+        owners = [g for g, patterns in groups.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+        if not owners:
+            unmatched.append(name)
+        elif len(owners) > 1:
+            twice.append(f"{name} ({' and '.join(owners)})")
+
+    def listed(items: list[str]) -> str:
+        more = f", … ({len(items)} in all)" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
+
+    for items, problem, fix in ((unmatched, "belong to no group", "add patterns for them to a group (every parameter "
+                                 "must be in exactly one group)"),
+                                (twice, "are matched by two groups", "narrow the patterns so every parameter is in "
+                                 "exactly one group")):
+        if items:
+            error = RecipeError(where, f"{len(items)} parameter(s)/buffer(s) {problem}: {listed(items)}", fix)
+            error.details = list(items)  # --debug lists them all
+            raise error
 
 
 def check_group_names(names: Iterable[str], groups: LayerGroups, where: str = "groups") -> list[str]:
@@ -172,6 +213,7 @@ __all__ = [
     "group_of",
     "assign_names",
     "check_group_names",
+    "check_partition",
     "group_parameters",
     "group_modules",
     "GroupCount",
