@@ -10,9 +10,11 @@ rotation ±10°, zoom 1 ± 0.1, shift ± 6 %, contrast, brightness, gamma, blur 
   and ``RandGaussianNoise``, per image (MONAI's array transforms take one image), all ``prob=1``
   except the blur (0.2), ``lazy`` off, torch tensors in, float32 — its fastest CPU settings here.
 
-Prints images/s of both and the ratio, for each image size.
+Prints images/s of both and the ratio, for each image size; then, for scale, CBR-LargeT's own
+training (SGD step, batch 32, channels-last) and evaluation throughput at those sizes, which sets the
+time per epoch of the pneumonia recipes (4,168 training images an epoch).
 
-    python benchmarks/bench_image_augmentation.py [--sizes 96 128 224] [--batches 10]
+    python benchmarks/bench_image_augmentation.py [--sizes 96 128 224] [--batches 10] [--threads 2]
 """
 
 from __future__ import annotations
@@ -75,6 +77,36 @@ def main() -> None:
             torch.stack([torch.as_tensor(monai_aug(t)) for t in tensors])
         theirs = args.batches * len(images) / (time.perf_counter() - start)
         print(f"| {size} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}× |")
+    print("\n| size | CBR-LargeT train img/s | eval img/s | training minutes per epoch (4,168 images) |")
+    print("|---|---|---|---|")
+    for size in args.sizes:
+        train, evaluate = network_throughput(size)
+        print(f"| {size} | {train:.0f} | {evaluate:.0f} | {4168 / train / 60:.1f} |")
+
+
+def network_throughput(size: int, batch: int = 32, steps: int = 3) -> tuple[float, float]:
+    """Images/s of one SGD step and of an eval forward pass of grey CBR-LargeT at ``size``."""
+    from vol_transfer.nets.classifiers2d import CBRLargeT
+
+    net = CBRLargeT(1, 2).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(batch, 1, size, size).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,))
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    train = steps * batch / (time.perf_counter() - start)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+        start = time.perf_counter()
+        net(x)
+        evaluate = batch / (time.perf_counter() - start)
+    return train, evaluate
 
 
 if __name__ == "__main__":
