@@ -5,7 +5,7 @@ Inputs (:func:`discover_images`): an image file (JPEG/PNG/BMP/TIFF or a DICOM X-
 their true label, or a flat folder), or a classification manifest (``# kind: classification``;
 labels and patient ids from its columns). Every image is loaded as the training data path loads it —
 the checkpoint's recorded ``preprocessing`` (image size, grey or RGB, resize, /255;
-:func:`vol_transfer.training.classification.image_preprocessing`) through the same functions — so
+:func:`vol_transfer.training.image_data.image_preprocessing`) through the same functions — so
 grey and RGB files mixed in one input are each turned into what the network was trained on, and
 the probabilities equal the training validator's for the same images. DICOM headers are checked
 first (:func:`vol_transfer.io.dicom.validate_xray_header`: an X-ray modality, a chest, a PA/AP

@@ -46,6 +46,7 @@ from vol_transfer.nets import build_network
 from vol_transfer.nets.classifiers2d import densenet_state_from_torchvision
 from vol_transfer.recipes import config_to_dict, option, register_task
 from vol_transfer.training.image_data import (
+    image_preprocessing,
     BalanceMethod,
     ImageBatches,
     ImageDataConfig,
@@ -193,21 +194,6 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 64, device: 
     outputs = [torch.softmax(model(to_batch(images[i:i + batch_size]).to(device)), dim=1).cpu()
                for i in range(0, len(images), batch_size)]
     return torch.cat(outputs).numpy()
-
-
-def image_preprocessing(data: ImageDataConfig) -> dict[str, Any]:
-    """What a classification checkpoint records so inference loads images exactly as training did.
-
-    Every image goes through :func:`vol_transfer.io.images2d.load_image` (grey or RGB, bilinear resize to
-    ``image_size``², uint8; 8-bit DICOM pixels as stored, deeper ones through their window) and
-    :func:`~vol_transfer.training.image_data.to_batch` (/255). A step added to that path must be recorded
-    here and applied by :mod:`vol_transfer.inference.classify`, which refuses keys it does not know.
-
-    >>> image_preprocessing(ImageDataConfig(image_size=64))
-    {'kind': 'image2d', 'image_size': 64, 'channels': 1, 'resize': 'bilinear', 'intensity': 'scale_uint8'}
-    """
-    return {"kind": "image2d", "image_size": data.image_size, "channels": data.channels, "resize": "bilinear",
-            "intensity": "scale_uint8"}
 
 
 def image_group(path: PathLike, class_name: str, keywords: list[str]) -> str:

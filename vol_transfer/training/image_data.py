@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,21 @@ def with_data_root(config: ImageDataConfig, data_root: str | Path | None) -> Ima
     if config.data_root or not data_root:
         return config
     return dataclasses.replace(config, data_root=str(data_root))
+
+
+def image_preprocessing(data: ImageDataConfig) -> dict[str, Any]:
+    """What a classification checkpoint records so inference loads images exactly as training did.
+
+    Every image goes through :func:`vol_transfer.io.images2d.load_image` (grey or RGB, bilinear resize to
+    ``image_size``², uint8; 8-bit DICOM pixels as stored, deeper ones through their window) and
+    :func:`~vol_transfer.training.image_data.to_batch` (/255). A step added to that path must be recorded
+    here and applied by :mod:`vol_transfer.inference.classify`, which refuses keys it does not know.
+
+    >>> image_preprocessing(ImageDataConfig(image_size=64))
+    {'kind': 'image2d', 'image_size': 64, 'channels': 1, 'resize': 'bilinear', 'intensity': 'scale_uint8'}
+    """
+    return {"kind": "image2d", "image_size": data.image_size, "channels": data.channels, "resize": "bilinear",
+            "intensity": "scale_uint8"}
 
 
 class ImageBatches:

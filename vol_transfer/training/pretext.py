@@ -35,7 +35,14 @@ from vol_transfer.recipes import config_to_dict, option, register_task
 from vol_transfer.training.engine import EngineSettings, Selection, Trainer, TrainingTask, ValidationResult
 from vol_transfer.training.genesis import GenesisCorruption
 from vol_transfer.training.image_augmentation import ImageAugmentation
-from vol_transfer.training.image_data import ImageBatches, ImageDataConfig, load_image_set, to_batch, with_data_root
+from vol_transfer.training.image_data import (
+    ImageBatches,
+    ImageDataConfig,
+    image_preprocessing,
+    load_image_set,
+    to_batch,
+    with_data_root,
+)
 from vol_transfer.training.network_spec import CBRAutoencoderSpec
 from vol_transfer.training.schedules import LRSchedule
 from vol_transfer.transfer.adapt import TransferReport, transfer_weights
@@ -154,7 +161,7 @@ def run_pretext(
     batches = ImageBatches(images, np.zeros(len(images), dtype=np.int64), config.batch_size, "none", config.seed,
                            make_batch=_pretext_batch(config.method, corruption, data.hflip, data.augment))
     metadata = make_metadata(architecture, ["grey"] if data.channels == 1 else ["red", "green", "blue"], [],
-                             preprocessing={"image_size": data.image_size, "intensity": "scale_uint8"},
+                             preprocessing=image_preprocessing(data),
                              recipe={"task": "pretext", **config_to_dict(config)})
     task = TrainingTask(
         model=model, batches=batches,

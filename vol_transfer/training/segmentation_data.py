@@ -40,14 +40,22 @@ def split_subjects(manifest: Any, split: str, fold: int | None = None, train_spl
     return [s for s in pool if (s.fold == fold) == held_out]
 
 
+def case_subjects(config: SegmentationConfig, split: str, limit: int | None, manifest: Any) -> list[Any]:
+    """The first ``limit`` subjects of ``split`` (a fold's part with ``data.fold``); none is an error."""
+    data = config.data
+    subjects = split_subjects(manifest, split, data.fold, data.train_split, data.validation_split)[:limit]
+    if not subjects:
+        raise InputDataError(manifest.path, f"has no cases in split {split!r}",
+                             f"choose one of its splits {manifest.splits} in the recipe's data section")
+    return subjects
+
+
 def training_images(config: SegmentationConfig, manifest: Any) -> Iterator[Any]:
-    """The raw images (channels by name, as :func:`load_cases` picks them) of the training split, one by one."""
+    """The raw images (channels by name, as :func:`load_cases` picks them) of the training cases, one by one."""
     from vol_transfer.io.case import load_case
 
-    data = config.data
-    subjects = split_subjects(manifest, data.train_split, data.fold, data.train_split, data.validation_split)
-    for subject in subjects[:data.train_subjects]:
-        yield load_case(subject, data.channels)[0]
+    for subject in case_subjects(config, config.data.train_split, config.data.train_subjects, manifest):
+        yield load_case(subject, config.data.channels)[0]
 
 
 def load_cases(config: SegmentationConfig, split: str, limit: int | None, manifest: Any,
@@ -63,12 +71,7 @@ def load_cases(config: SegmentationConfig, split: str, limit: int | None, manife
     from vol_transfer.preprocessing.labels import remap_labels
 
     data = config.data
-    subjects = split_subjects(manifest, split, data.fold, data.train_split, data.validation_split)
-    if limit is not None:
-        subjects = subjects[:limit]
-    if not subjects:
-        raise InputDataError(manifest.path, f"has no cases in split {split!r}",
-                             f"choose one of its splits {manifest.splits} in the recipe's data section")
+    subjects = case_subjects(config, split, limit, manifest)
     cases = []
     iterator = subjects
     if progress:
