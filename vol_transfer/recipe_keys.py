@@ -151,6 +151,7 @@ MEANINGS: dict[str, str] = {
     "StudyConfig.title": "report title (default from kind)",
     "CustomArm.name": "the arm's name in tables and folders",
     "CustomArm.set": "recipe overrides (KEY=VALUE) that make this arm",
+    "CustomArm.recipe": "this arm's own target recipe (default: the study's recipe:), on the same manifest",
 }
 
 

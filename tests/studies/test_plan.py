@@ -121,3 +121,23 @@ def test_finished_arms_are_not_retrained_and_interrupted_ones_resume(tmp_path: P
     assert run_dirs == sorted([str(interrupted.run_dir), str(fresh.run_dir)])
     resumed = next(c for c in calls if str(interrupted.run_dir) in c)
     assert "--resume" in resumed and "--resume" not in next(c for c in calls if str(fresh.run_dir) in c)
+
+
+def test_a_custom_arm_trains_from_its_own_recipe_and_the_others_from_the_study_recipe(tmp_path: Path) -> None:
+    config = _config(recipe="study.yaml", arms=["scratch", {"name": "other_source", "recipe": "other.yaml",
+                                                            "set": ["transfer.freezing.k=0"]}])
+    plan = plan_study(config, tmp_path, None)
+    commands = {arm.name: arm.command(Path(config.recipe)) for arm in plan.arms}
+    assert commands["scratch"][4] == "study.yaml" and commands["other_source"][4] == "other.yaml"
+    assert "transfer.freezing.k=0" in commands["other_source"]
+
+
+def test_a_custom_arm_recipe_on_another_manifest_is_refused_before_training(tmp_path: Path) -> None:
+    base = "task: segmentation\ndata: {{manifest: {}, classes: [background, fg]}}\ntraining: {{iterations: 1}}\n"
+    (tmp_path / "study.yaml").write_text(base.format(_manifest(tmp_path)))
+    (tmp_path / "other.yaml").write_text(base.format(tmp_path / "another.csv"))
+    config = _config(recipe=str(tmp_path / "study.yaml"),
+                     arms=["scratch", {"name": "other_source", "recipe": str(tmp_path / "other.yaml")}])
+    with pytest.raises(RecipeError, match="pair case by case"):
+        runner.run_study(config, tmp_path / "study", report_only=True)
+    assert not (tmp_path / "study" / "arms").exists()

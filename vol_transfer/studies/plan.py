@@ -9,7 +9,9 @@ A study recipe (``task: study``) names one target recipe (the fine-tuning recipe
 - ``gradual_k_N``: the first k groups frozen until iteration N, then all trained;
 - ``discriminative_F``: nothing frozen, learning rate × F per group toward the input.
 
-Any other arm is given as ``{name: ..., set: [key=value, ...]}``. A ``dataset_size`` study trains
+Any other arm is given as ``{name: ..., set: [key=value, ...]}``, optionally with its own target
+recipe (``recipe: recipes/….yaml``, e.g. a second transfer source whose network or preprocessing
+differs). A ``dataset_size`` study trains
 every arm on each nested subset S1 ⊂ S2 ⊂ … of the training split (written as subset manifests).
 
 Example:
@@ -46,6 +48,7 @@ class CustomArm:
 
     name: str
     set: list[str] = option(default_factory=list)
+    recipe: Optional[Path] = None  # default: the study's target recipe
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Arm:
     subset: str = ""
     subset_size: int = 0
     fold: int | None = None
+    recipe: Path | None = None  # this arm's own target recipe; None: the study's
 
     @property
     def label(self) -> str:
@@ -127,7 +131,7 @@ class Arm:
 
     def command(self, recipe: Path, data_root: Path | None = None) -> list[str]:
         """The standalone ``vol-transfer train`` command line of this arm (resumes if interrupted)."""
-        command = [sys.executable, "-m", "vol_transfer", "train", str(recipe), "--run-dir", str(self.run_dir),
+        command = [sys.executable, "-m", "vol_transfer", "train", str(self.recipe or recipe), "--run-dir", str(self.run_dir),
                    "--no-progress"]  # the log gets the validation lines, not a progress bar redrawn per step
         if data_root is not None:
             command += ["--data-root", str(data_root)]
@@ -189,14 +193,23 @@ class StudyPlan:
     arms: list[Arm] = field(default_factory=list)
 
 
-def _arm_list(config: StudyConfig) -> list[tuple[str, list[str]]]:
+def _arm_list(config: StudyConfig) -> list[tuple[str, list[str], Path | None]]:
     out = []
     for arm in config.arms:
         if isinstance(arm, CustomArm):
-            out.append((arm.name, list(arm.set)))
+            out.append((arm.name, list(arm.set), arm.recipe))
         else:
-            out.append((arm, arm_overrides(arm)))
+            out.append((arm, arm_overrides(arm), None))
     return out
+
+
+def arm_recipes(config: StudyConfig) -> list[Path]:
+    """The distinct target recipes of a study's arms, the study's own first."""
+    recipes = [Path(config.recipe)]
+    for arm in config.arms:
+        if isinstance(arm, CustomArm) and arm.recipe is not None and Path(arm.recipe) not in recipes:
+            recipes.append(Path(arm.recipe))
+    return recipes
 
 
 def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_split: str = "train") -> StudyPlan:
@@ -217,7 +230,7 @@ def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_s
     else:
         by_fold = {fold: [("", None, [])] for fold in config.folds or [None]}
     for index in range(len(next(iter(by_fold.values())))):
-        for name, overrides in _arm_list(config):
+        for name, overrides, arm_recipe in _arm_list(config):
             for seed in config.seeds:
                 for fold in config.folds or [None]:
                     subset_name, subset_manifest, ids = by_fold[fold][index]
@@ -228,7 +241,8 @@ def plan_study(config: StudyConfig, folder: Path, manifest: Path | None, train_s
                         extra += [f"data.fold={fold}", "validation.select=last", "validation.patience=null"]
                     parts = (subset_name, name, f"seed{seed}", f"fold{fold}" if fold is not None else "")
                     run_dir = folder / "arms" / "_".join(p for p in parts if p)
-                    plan.arms.append(Arm(name, seed, base + overrides + extra, run_dir, subset_name, len(ids), fold))
+                    plan.arms.append(Arm(name, seed, base + overrides + extra, run_dir, subset_name, len(ids), fold,
+                                         arm_recipe))
     return plan
 
 

@@ -27,7 +27,7 @@ from vol_transfer.errors import InputDataError, RecipeError
 from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.recipes import resolve_recipe
 from vol_transfer.studies.cross_validation import HELD_OUT, comparison_table, pool_folds
-from vol_transfer.studies.plan import Arm, StudyConfig, StudyPlan, plan_study, shell_line
+from vol_transfer.studies.plan import Arm, StudyConfig, arm_recipes, StudyPlan, plan_study, shell_line
 from vol_transfer.studies.hparams import write_arm_hparams
 from vol_transfer.studies.progress import watch_arms
 from vol_transfer.studies.report import write_report
@@ -201,6 +201,11 @@ def run_study(
         raise RecipeError("recipe", f"a study's target recipe must be a segmentation recipe, not {task!r}",
                           "point 'recipe:' at e.g. recipes/brats_tc_finetune_cpu.yaml")
     manifest = Path(target.data.manifest)
+    for arm_recipe in arm_recipes(config)[1:]:  # an arm's own recipe must score the same cases
+        arm_task, arm_target = resolve_recipe(arm_recipe, config.set)
+        if arm_task != "segmentation" or Path(arm_target.data.manifest) != manifest:
+            raise RecipeError(f"arms: recipe {arm_recipe}", f"is not a segmentation recipe on {manifest}",
+                              "give every arm a target recipe on the study's manifest, so the arms pair case by case")
     evaluation_root = data_root or target.data.data_root  # --data-root wins, as in `vol-transfer train`
     plan = plan_study(config, folder, manifest, target.data.train_split)
     commands = write_commands(plan, Path(config.recipe), data_root)
