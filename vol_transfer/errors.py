@@ -78,3 +78,16 @@ class WriteError(VolTransferError):
 
     The target keeps its previous contents (writes are atomic, :mod:`vol_transfer.io.atomic`).
     """
+
+
+class TrainingInterrupted(VolTransferError):
+    """A training run stopped by SIGTERM or SIGINT after writing ``last.pt``; the exit code is
+    128 + the signal number, as a shell reports a process the signal ended."""
+
+    def __init__(self, checkpoint: PathLike, iteration: int, signum: int) -> None:
+        import signal
+
+        self.exit_code = 128 + signum
+        self.iteration = iteration
+        super().__init__(checkpoint, f"saved at iteration {iteration} after {signal.Signals(signum).name}",
+                         "rerun the same command with --resume to continue from there")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,35 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         for key, tensor in a.state_dict.items():
             assert torch.equal(tensor, b.state_dict[key]), f"{name}: {key} differs"
     assert _checkpoint_iteration(interrupted / "checkpoints" / "last.pt") == ITERATIONS
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_iteration_and_resume_matches_an_uninterrupted_run(tmp_path):
+    manifest = make_dataset(tmp_path / "data")
+    recipe = tmp_path / "recipe.yaml"
+    data = tiny_recipe(manifest, iterations=ITERATIONS, training={"log_every": 1}, validation={"every": 5},
+                       checkpoint={"every": 1000})  # no scheduled checkpoint before the end
+    recipe.write_text(yaml.safe_dump({"task": "segmentation", **data}))
+    straight = tmp_path / "straight"
+    _finish(_train(recipe, straight))
+
+    interrupted = tmp_path / "interrupted"
+    process = _train(recipe, interrupted)
+    metrics = interrupted / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 6) and process.poll() is None:
+        assert time.monotonic() < deadline, "the run logged nothing"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 128 + signal.SIGTERM, f"exit {process.returncode}\n{out}\n{err}"
+    saved = _checkpoint_iteration(interrupted / "checkpoints" / "last.pt")
+    assert 6 <= saved < ITERATIONS
+    assert f"saved at iteration {saved} after SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    assert not (interrupted / "summary.json").exists()  # a study sees the arm as unfinished
+
+    _finish(_train(recipe, interrupted, "--resume"))
+    assert _metrics(interrupted) == _metrics(straight)
+    a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    for key, tensor in a.state_dict.items():
+        assert torch.equal(tensor, b.state_dict[key]), f"{key} differs"

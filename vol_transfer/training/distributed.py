@@ -11,7 +11,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -96,10 +96,10 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's boolean, on every process (e.g. "stop now")."""
+def broadcast_flags(flags: Sequence[bool], info: DistInfo) -> tuple[bool, ...]:
+    """Rank 0's booleans, on every process (e.g. "stop early", "a signal asked to stop"), in one collective."""
     if not info.enabled:
-        return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=info.device)
+        return tuple(bool(flag) for flag in flags)
+    value = torch.tensor([1 if flag else 0 for flag in flags], dtype=torch.int64, device=info.device)
     dist.broadcast(value, src=0)
-    return bool(value.item())
+    return tuple(bool(v) for v in value.tolist())

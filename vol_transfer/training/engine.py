@@ -48,9 +48,10 @@ from typing import Any, Callable, ClassVar, Literal, Protocol
 import numpy as np
 import torch
 
-from vol_transfer.errors import CheckpointError, RecipeError
+from vol_transfer.errors import CheckpointError, RecipeError, TrainingInterrupted
 from vol_transfer.training.accelerator import autocast_dtype, resolve_precision
-from vol_transfer.training.distributed import DistInfo, all_reduce_sum, broadcast_flag
+from vol_transfer.training.distributed import DistInfo, all_reduce_sum, broadcast_flags
+from vol_transfer.training.interruption import StopOnSignal
 from vol_transfer.training.logging import RunLogger
 from vol_transfer.training.schedules import LRSchedule
 from vol_transfer.transfer.checkpoint import load_checkpoint, save_checkpoint
@@ -448,67 +449,71 @@ class Trainer:
         started = time.perf_counter()
         last_val: ValidationResult | None = None
         try:
-            while self.iteration < settings.iterations:
-                loss, step_s, wait_s = self._train_step()
-                self.iteration += 1
-                window += torch.tensor([loss, 1.0, step_s, wait_s], dtype=torch.float64)
-                is_last = self.iteration == settings.iterations
-                values: dict[str, Any] = {}
-                if self.iteration % settings.log_every == 0 or is_last:
-                    totals = all_reduce_sum(window, self.info)
-                    steps = float(totals[1]) or 1.0
-                    mean_step = float(totals[2]) / steps
-                    values.update({
-                        "train/loss": float(totals[0]) / steps,
-                        "train/lr": self.optimizer.param_groups[0]["lr"],
-                        # every process ran the same number of steps in parallel
-                        "perf/samples_per_s": self.task.batch_size * settings.accumulate * self.info.world_size
-                        / max(mean_step, 1e-9),
-                        "perf/step_time_s": mean_step,
-                        "perf/data_wait_s": float(totals[3]) / steps,
-                    })
-                    window.zero_()
-                is_best = False
-                if self.iteration % settings.validate_every == 0 or is_last:
-                    last_val = self._validate()
-                    value = float(last_val.metrics.get(selection.metric, float("nan")))
-                    is_best = self.best.update(value, self.iteration, selection, settings.min_delta)
-                    if self.task.plateau is not None:
-                        self.task.plateau.update(float(last_val.metrics.get(self.task.plateau.selection.metric,
-                                                                            float("nan"))))
-                    values.update(last_val.metrics)
-                    for tag, rgb in last_val.images.items():
-                        logger.image(self.iteration, tag, rgb)
-                    if (settings.patience is not None and self.best.stale >= settings.patience
-                            and self.iteration >= settings.no_stop_before):
-                        stopped_early = True
-                    logger.message(f"iteration {self.iteration}{self._epoch_text()}: " + ", ".join(
-                        f"{k.removeprefix('val/')} {v:.4g}" for k, v in last_val.metrics.items())
-                        + (f" (new best {selection.metric})" if is_best else ""))
-                stopped_early = broadcast_flag(stopped_early, self.info)
-                if values:
-                    logger.scalars(self.iteration, values)
-                    self.history.append({k: v for k, v in values.items() if not k.startswith("perf/")}
-                                        | {"iteration": self.iteration})
-                metrics = self._metrics_for_metadata(last_val)
-                if is_best:
-                    self._save(BEST, with_state=False, metrics=metrics)
-                if self.iteration % settings.checkpoint_every == 0 or is_last or stopped_early:
-                    self._save(LAST, with_state=True, metrics=metrics)
-                    if self._kill_after == self.iteration:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                logger.progress(self.iteration, {"loss": values.get("train/loss"), "best": self.best.value}
-                                if values else None)
-                if stopped_early:
-                    logger.message(f"early stop at iteration {self.iteration}: no better {selection.metric} in "
-                                   f"{settings.patience} validations (best {self.best.value:.4f} "
-                                   f"at {self.best.iteration})")
-                    break
-            if self.best.iteration is None:
-                # the selection metric was NaN at every validation: best.pt holds the final weights
-                self._save(BEST, with_state=False, metrics=self._metrics_for_metadata(last_val))
-                logger.message(f"{selection.metric} was NaN at every validation: best.pt holds the final weights "
-                               f"(iteration {self.iteration})")
+            with StopOnSignal() as stop:  # SIGTERM / Ctrl-C: finish this step, write last.pt, then stop
+                while self.iteration < settings.iterations:
+                    loss, step_s, wait_s = self._train_step()
+                    self.iteration += 1
+                    window += torch.tensor([loss, 1.0, step_s, wait_s], dtype=torch.float64)
+                    is_last = self.iteration == settings.iterations
+                    values: dict[str, Any] = {}
+                    if self.iteration % settings.log_every == 0 or is_last:
+                        totals = all_reduce_sum(window, self.info)
+                        steps = float(totals[1]) or 1.0
+                        mean_step = float(totals[2]) / steps
+                        values.update({
+                            "train/loss": float(totals[0]) / steps,
+                            "train/lr": self.optimizer.param_groups[0]["lr"],
+                            # every process ran the same number of steps in parallel
+                            "perf/samples_per_s": self.task.batch_size * settings.accumulate * self.info.world_size
+                            / max(mean_step, 1e-9),
+                            "perf/step_time_s": mean_step,
+                            "perf/data_wait_s": float(totals[3]) / steps,
+                        })
+                        window.zero_()
+                    is_best = False
+                    if self.iteration % settings.validate_every == 0 or is_last:
+                        last_val = self._validate()
+                        value = float(last_val.metrics.get(selection.metric, float("nan")))
+                        is_best = self.best.update(value, self.iteration, selection, settings.min_delta)
+                        if self.task.plateau is not None:
+                            self.task.plateau.update(float(last_val.metrics.get(self.task.plateau.selection.metric,
+                                                                                float("nan"))))
+                        values.update(last_val.metrics)
+                        for tag, rgb in last_val.images.items():
+                            logger.image(self.iteration, tag, rgb)
+                        if (settings.patience is not None and self.best.stale >= settings.patience
+                                and self.iteration >= settings.no_stop_before):
+                            stopped_early = True
+                        logger.message(f"iteration {self.iteration}{self._epoch_text()}: " + ", ".join(
+                            f"{k.removeprefix('val/')} {v:.4g}" for k, v in last_val.metrics.items())
+                            + (f" (new best {selection.metric})" if is_best else ""))
+                    stopped_early, interrupted = broadcast_flags((stopped_early, stop.signum is not None), self.info)
+                    if values:
+                        logger.scalars(self.iteration, values)
+                        self.history.append({k: v for k, v in values.items() if not k.startswith("perf/")}
+                                            | {"iteration": self.iteration})
+                    metrics = self._metrics_for_metadata(last_val)
+                    if is_best:
+                        self._save(BEST, with_state=False, metrics=metrics)
+                    if self.iteration % settings.checkpoint_every == 0 or is_last or stopped_early or interrupted:
+                        self._save(LAST, with_state=True, metrics=metrics)
+                        if self._kill_after == self.iteration:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                    if interrupted and not is_last:  # another rank may have missed the signal: SIGTERM then
+                        signum = stop.signum or signal.SIGTERM
+                        raise TrainingInterrupted(self.checkpoint_dir / LAST, self.iteration, signum)
+                    logger.progress(self.iteration, {"loss": values.get("train/loss"), "best": self.best.value}
+                                    if values else None)
+                    if stopped_early:
+                        logger.message(f"early stop at iteration {self.iteration}: no better {selection.metric} in "
+                                       f"{settings.patience} validations (best {self.best.value:.4f} "
+                                       f"at {self.best.iteration})")
+                        break
+                if self.best.iteration is None:
+                    # the selection metric was NaN at every validation: best.pt holds the final weights
+                    self._save(BEST, with_state=False, metrics=self._metrics_for_metadata(last_val))
+                    logger.message(f"{selection.metric} was NaN at every validation: best.pt holds the final weights "
+                                   f"(iteration {self.iteration})")
         finally:
             logger.close()
         summary: dict[str, Any] = {}
