@@ -131,8 +131,9 @@ class Arm:
 
     def command(self, recipe: Path, data_root: Path | None = None) -> list[str]:
         """The standalone ``vol-transfer train`` command line of this arm (resumes if interrupted)."""
-        command = [sys.executable, "-m", "vol_transfer", "train", str(self.recipe or recipe), "--run-dir", str(self.run_dir),
-                   "--no-progress"]  # the log gets the validation lines, not a progress bar redrawn per step
+        # --no-progress: the log gets the validation lines, not a progress bar redrawn per step
+        command = [sys.executable, "-m", "vol_transfer", "train", str(self.recipe or recipe),
+                   "--run-dir", str(self.run_dir), "--no-progress"]
         if data_root is not None:
             command += ["--data-root", str(data_root)]
         for override in self.overrides:

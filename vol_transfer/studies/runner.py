@@ -27,7 +27,7 @@ from vol_transfer.errors import InputDataError, RecipeError
 from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.recipes import resolve_recipe
 from vol_transfer.studies.cross_validation import HELD_OUT, comparison_table, pool_folds
-from vol_transfer.studies.plan import Arm, StudyConfig, arm_recipes, StudyPlan, plan_study, shell_line
+from vol_transfer.studies.plan import Arm, StudyConfig, StudyPlan, arm_recipes, plan_study, shell_line
 from vol_transfer.studies.hparams import write_arm_hparams
 from vol_transfer.studies.progress import watch_arms
 from vol_transfer.studies.report import write_report
