@@ -42,6 +42,23 @@ def test_pooled_folds_keep_case_order_and_the_comparison_is_paired():
     assert "| 6 |" in row and "+0.100" in row and "better on 5/5" in row
 
 
+def test_the_comparison_pairs_by_case_id_and_refuses_different_cases():
+    scratch = ArmResult("scratch", dice={"test": [0.5, 0.1]}, cases={"test": ["a", "b"]})
+    tuned = ArmResult("finetune", dice={"test": [0.2, 0.6]}, cases={"test": ["b", "a"]})  # +0.1 on both, reordered
+    row = next(line for line in comparison_table([scratch, tuned]).splitlines() if "| finetune |" in line)
+    assert "+0.100" in row and "better on 2/2" in row
+    other = ArmResult("finetune", dice={"test": [0.2, 0.6]}, cases={"test": ["b", "c"]})
+    with pytest.raises(ValueError, match="different cases"):
+        comparison_table([scratch, other])
+
+
+def test_pooled_folds_carry_the_case_ids_in_fold_order():
+    folds = [ArmResult("scratch", dice={"validation": [0.5]}, cases={"validation": ["x"]}),
+             ArmResult("scratch", dice={"validation": [0.7]}, cases={"validation": ["y"]})]
+    pooled = pool_folds([folds[1], folds[0]], [1, 0])[0]
+    assert pooled.cases["test"] == ["x", "y"] and pooled.dice["test"] == [0.5, 0.7]
+
+
 def test_select_last_refuses_early_stopping_on_the_held_out_cases():
     with pytest.raises(RecipeError, match="validation.patience"):
         from_dict(ValidationSection, {"select": "last", "patience": 3}, "validation")

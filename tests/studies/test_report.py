@@ -80,6 +80,17 @@ def test_study_evaluation_reads_channels_by_alias_and_scores_nothing_as_nan(tmp_
     manifest = tmp_path / "m.csv"
     manifest.write_text("# labels: 0,1\nsubject_id,split,t1ce,flair,label\n"
                         "a,test,t1c.nii.gz,flair_a.nii.gz,label_a.nii.gz\nb,test,t1c.nii.gz,flair_b.nii.gz,label_b.nii.gz\n")
-    scores = evaluate_checkpoint(checkpoint, manifest, tmp_path, ["test"])["test"]
+    by_case = evaluate_checkpoint(checkpoint, manifest, tmp_path, ["test"])["test"]
+    assert list(by_case) == ["a", "b"]  # manifest order, keyed by subject ID
+    scores = list(by_case.values())
     assert scores[0] == 2 * 26 / 53 and math.isnan(scores[1])
     assert ArmResult("model_1", dice={"test": scores}).mean_dice("test") == 2 * 26 / 53
+
+
+def test_per_case_csv_holds_every_score_by_case_with_nan_empty(tmp_path) -> None:
+    arms = [ArmResult("scratch", dice={"test": [0.4, math.nan]}, cases={"test": ["p1", "p2"]}),
+            ArmResult("finetune", dice={"test": [0.5, 0.3]}, cases={"test": ["p1", "p2"]})]
+    write_report(arms, tmp_path, title="t", kind="freeze_ablation")
+    rows = list(csv.DictReader(open(tmp_path / "per_case.csv")))
+    assert [(r["arm"], r["case"], r["dice"]) for r in rows] == [
+        ("scratch", "p1", "0.400000"), ("scratch", "p2", ""), ("finetune", "p1", "0.500000"), ("finetune", "p2", "0.300000")]

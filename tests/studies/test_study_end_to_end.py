@@ -60,6 +60,10 @@ def test_study_trains_evaluates_and_reports_then_skips_finished_arms(study_setup
     assert (out / "loss_curves.png").stat().st_size > 1000
     commands = (out / "commands.sh").read_text().splitlines()[2:]
     assert len(commands) == 4 and all(" train " in c and "training.seed=0" in c for c in commands)
+    per_case = list(csv.DictReader(open(out / "per_case.csv")))
+    test_cases = {r["case"] for r in per_case if r["split"] == "test"}
+    assert test_cases and "" not in test_cases  # every score is named by its case
+    assert len([r for r in per_case if r["split"] == "test"]) == 4 * len(test_cases)
     # the frozen arm really froze the first two groups
     frozen_recipe = (out / "arms" / "S1_model_2_seed0" / "recipe.yaml").read_text()
     assert "freeze_first" in frozen_recipe and "k: 2" in frozen_recipe
@@ -67,3 +71,11 @@ def test_study_trains_evaluates_and_reports_then_skips_finished_arms(study_setup
     capsys.readouterr()
     assert main(["study", str(root / "study.yaml"), "--out", str(out)]) == 0
     assert "4 of 4 arms already finished; not rerun" in capsys.readouterr().out
+
+
+def test_commands_sh_names_a_python_inside_the_clone_relative_to_it(tmp_path, monkeypatch) -> None:
+    from vol_transfer.studies.runner import portable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(str(tmp_path / ".venv" / "bin" / "python3")) == ".venv/bin/python3"
+    assert portable_path("/usr/bin/python3") == "/usr/bin/python3"

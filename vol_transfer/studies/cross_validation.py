@@ -35,6 +35,7 @@ def pool_folds(results: Sequence[ArmResult], folds: Sequence[int | None]) -> lis
             name=name, subset=subset, subset_size=runs[0].subset_size, seed=seed,
             best_iteration=runs[0].best_iteration,
             dice={POOLED: [d for r in runs for d in r.dice.get(HELD_OUT, [])]},
+            cases={POOLED: [c for r in runs for c in r.cases.get(HELD_OUT, [])]},
             curve=runs[0].curve,  # the first fold's curve, for the time-to-threshold column
             step_time=sum(step_times) / len(step_times) if step_times else math.nan,
             wall_time=sum(r.wall_time for r in runs),
@@ -54,7 +55,24 @@ def comparison_table(results: Sequence[ArmResult], baseline: str = "scratch", sp
         reference = base.get((result.subset, result.seed))
         versus = "—"
         if reference is not None and reference is not result:
-            versus = paired_comparison(values, reference.dice.get(split, [])).text()
+            versus = paired_comparison(values, aligned_scores(reference, result, split)).text()
         lines.append(f"| {result.subset or '—'} | {result.name} | {result.seed} | {scored} | "
                      f"{mean:.4f} [{low:.4f}, {high:.4f}] | {versus} |")
     return "\n".join(lines)
+
+
+def aligned_scores(reference: ArmResult, result: ArmResult, split: str) -> list[float]:
+    """``reference``'s scores on ``split`` in ``result``'s case order (by position where IDs are unknown).
+
+    >>> a = ArmResult("scratch", dice={"test": [0.1, 0.2]}, cases={"test": ["x", "y"]})
+    >>> aligned_scores(a, ArmResult("finetune", dice={"test": [0.3, 0.4]}, cases={"test": ["y", "x"]}), "test")
+    [0.2, 0.1]
+    """
+    scores, ids, order = reference.dice.get(split, []), reference.cases.get(split), result.cases.get(split)
+    if not ids or not order:
+        return list(scores)
+    by_case = dict(zip(ids, scores))
+    if sorted(by_case) != sorted(order):
+        raise ValueError(f"{result.name} and {reference.name} were scored on different cases of {split}: "
+                         f"{sorted(set(order) ^ set(by_case))[:3]}")
+    return [by_case[case] for case in order]

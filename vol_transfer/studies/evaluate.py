@@ -11,7 +11,7 @@ of the split's mean (:meth:`vol_transfer.studies.results.ArmResult.mean_dice`).
 Example::
 
     evaluate_checkpoint("runs/x/checkpoints/best.pt", "data_manifests/brats2015_flair_t1c.csv", None, ["validation"])
-    # {'validation': [0.61]}
+    # {'validation': {'brats_2013_pat0006_1': 0.61}}
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def class_values(metadata: Mapping[str, Any]) -> tuple[dict[str, list[int]], dic
 def evaluate_checkpoint(
     checkpoint: PathLike, manifest: PathLike, data_root: PathLike | None, splits: Sequence[str],
     options: Any = None, fold: int | None = None,
-) -> dict[str, list[float]]:
-    """Split → per-subject mean foreground Dice (subjects without a label are skipped; NaN: nothing to score).
+) -> dict[str, dict[str, float]]:
+    """Split → subject ID → mean foreground Dice, in manifest order (no label: skipped; NaN: nothing to score).
 
     With ``fold`` (a cross-validated run), ``validation`` is that fold of the training split — the
     cases the run held out — exactly as training chose them (``data.fold``).
@@ -53,9 +53,9 @@ def evaluate_checkpoint(
     predictor = Predictor.from_checkpoint(checkpoint, options or InferenceOptions(progress=False))
     truth_values, predicted_values = class_values(predictor.metadata)
     loaded = read_manifest(manifest, data_root=resolve_data_root(data_root))
-    results: dict[str, list[float]] = {}
+    results: dict[str, dict[str, float]] = {}
     for split in splits:
-        scores = []
+        scores: dict[str, float] = {}
         for subject in split_subjects(loaded, split, fold):
             if subject.label is None:
                 continue
@@ -63,7 +63,7 @@ def evaluate_checkpoint(
             prediction = predictor.predict_volume(image)
             rows = evaluate_case(subject.subject_id, split, prediction, label_array(label, subject.label),
                                  truth_values, image.spacing, predicted_values)
-            scores.append(mean_dice([row["dice"] for row in rows]))
+            scores[subject.subject_id] = mean_dice([row["dice"] for row in rows])
         results[split] = scores
     return results
 

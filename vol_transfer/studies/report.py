@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vol_transfer.evaluation.metrics import mean_dice
+from vol_transfer.evaluation.statistics import mean_ci
 from vol_transfer.io.atomic import atomic_path, atomic_write_text
 from vol_transfer.studies.results import ArmResult, smooth
 
@@ -124,6 +124,25 @@ def results_csv(results: Sequence[ArmResult], threshold: float) -> str:
     return buffer.getvalue()
 
 
+def per_case_csv(results: Sequence[ArmResult]) -> str:
+    """One row per arm, split and case: the scores behind every mean, for re-analysis (empty Dice: NaN).
+
+    >>> print(per_case_csv([ArmResult("scratch", dice={"test": [0.5]}, cases={"test": ["a"]})]).strip())
+    arm,subset,seed,split,case,dice
+    scratch,,0,test,a,0.500000
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["arm", "subset", "seed", "split", "case", "dice"])
+    for result in results:
+        for split, scores in result.dice.items():
+            cases = result.cases.get(split) or [""] * len(scores)
+            for case, dice in zip(cases, scores):
+                writer.writerow([result.name, result.subset, result.seed, split, case,
+                                 "" if math.isnan(dice) else f"{dice:.6f}"])
+    return buffer.getvalue()
+
+
 def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -179,22 +198,26 @@ def plot_dice_boxes(results: Sequence[ArmResult], split: str, path: Path) -> Pat
 
 
 def plot_dice_vs_size(results: Sequence[ArmResult], split: str, path: Path) -> Path:
-    """Mean Dice on ``split`` against training-set size, one line per arm."""
+    """Mean Dice on ``split`` against training-set size, one line per arm, with 95 % bootstrap intervals over
+    the cases (every seed's scores pooled)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for arm in _arm_order(results):
+    for offset, arm in enumerate(_arm_order(results)):
         points: dict[int, list[float]] = defaultdict(list)
         for result in results:
             if result.name == arm:
-                points[result.subset_size].append(result.mean_dice(split))
+                points[result.subset_size].extend(result.scored(split))
         sizes = sorted(points)
-        axis.plot(sizes, [mean_dice(points[s]) for s in sizes], marker="o", label=arm)
+        low, mean, high = (np.array(v) for v in zip(*(mean_ci(points[s]) for s in sizes)))
+        errors = np.nan_to_num(np.stack([mean - low, high - mean]))  # no interval from one case
+        shifted = np.array(sizes, dtype=float) * (1 + 0.015 * offset)  # arms side by side, not on top
+        axis.errorbar(shifted, mean, yerr=errors, marker="o", capsize=3, label=arm)
     axis.set_xlabel("training cases")
-    axis.set_ylabel(f"mean Dice ({split})")
+    axis.set_ylabel(f"mean Dice ({split}), 95 % CI")
     axis.legend()
     axis.grid(alpha=0.3)
     _save_figure(figure, path)
@@ -234,6 +257,7 @@ def write_report(
         plot_dice_boxes(results, split, folder / f"dice_box_{split}.png")
         sections += [f"![Dice per arm, {split}](dice_box_{split}.png)", ""]
     atomic_write_text(folder / "results.csv", results_csv(results, threshold))
+    atomic_write_text(folder / "per_case.csv", per_case_csv(results))
     markdown_text = "\n".join(sections)
     report = atomic_write_text(folder / "report.md", markdown_text)
     atomic_write_text(folder / "report.html", report_html(markdown_text, folder, title))

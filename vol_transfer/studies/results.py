@@ -39,6 +39,8 @@ class ArmResult:
         best_iteration: iteration of the checkpoint chosen on validation Dice.
         dice: split → per-subject mean foreground Dice of the chosen checkpoint (NaN: a subject
             with no class in prediction or truth, left out of the means).
+        cases: split → the subject IDs of ``dice``'s scores, in the same order (empty when unknown);
+            arms are paired on them.
         curve: the logged training curve.
         step_time: mean seconds per training iteration.
         wall_time: seconds the whole run took.
@@ -53,6 +55,7 @@ class ArmResult:
     curve: list[CurvePoint] = field(default_factory=list)
     step_time: float = math.nan
     wall_time: float = math.nan
+    cases: dict[str, list[str]] = field(default_factory=dict)
 
     def mean_dice(self, split: str) -> float:
         """:func:`~vol_transfer.evaluation.metrics.mean_dice` of the subjects' scores (NaN ones left out)."""

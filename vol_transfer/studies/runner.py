@@ -18,6 +18,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,9 +73,16 @@ def arm_command(arm: Arm, recipe: Path, data_root: Path | None) -> list[str]:
     return command
 
 
+def portable_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it (``.venv/bin/python3``), else as given:
+    ``commands.sh`` then works in any clone of the repository."""
+    absolute, here = Path(path).absolute(), Path.cwd()
+    return str(absolute.relative_to(here)) if absolute.is_relative_to(here) else path
+
+
 def write_commands(plan: StudyPlan, recipe: Path, data_root: Path | None) -> Path:
     lines = ["#!/usr/bin/env bash", "# one arm per line; each resumes from its last checkpoint when rerun"]
-    lines += [shell_line(arm.command(recipe, data_root)) for arm in plan.arms]
+    lines += [shell_line([portable_path(sys.executable), *arm.command(recipe, data_root)[1:]]) for arm in plan.arms]
     path = atomic_write_text(plan.folder / "commands.sh", "\n".join(lines) + "\n")
     path.chmod(0o755)
     return path
@@ -154,20 +162,22 @@ def mean_step_time(metrics_csv: Path) -> float:
     return float(sum(values) / len(values)) if values else math.nan
 
 
-def collect_arm(arm: Arm, evaluation: dict[str, list[float]]) -> ArmResult:
+def collect_arm(arm: Arm, evaluation: dict[str, dict[str, float]]) -> ArmResult:
     summary = json.loads((arm.run_dir / SUMMARY).read_text())
     curve = read_curve(arm.run_dir / "metrics.csv")
     return ArmResult(
         name=arm.name, subset=arm.subset, subset_size=arm.subset_size or summary.get("train_cases", 0), seed=arm.seed,
         best_iteration=int(summary.get("best_iteration") or summary.get("iterations") or 0),
-        dice=evaluation, curve=curve,
+        dice={split: list(scores.values()) for split, scores in evaluation.items()},
+        cases={split: list(scores) for split, scores in evaluation.items()}, curve=curve,
         step_time=mean_step_time(arm.run_dir / "metrics.csv"),
         wall_time=float(summary.get("wall_s", math.nan)),
     )
 
 
-def evaluate_arm(arm: Arm, manifest: Path, data_root: Path | None, splits: Sequence[str]) -> dict[str, list[float]]:
-    """Per-subject mean foreground Dice of the arm's best checkpoint on each split (cached)."""
+def evaluate_arm(arm: Arm, manifest: Path, data_root: Path | None,
+                 splits: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Subject ID → mean foreground Dice of the arm's best checkpoint on each split (cached)."""
     from vol_transfer.studies.evaluate import evaluate_checkpoint
 
     cache = arm.run_dir / EVALUATION
@@ -177,7 +187,8 @@ def evaluate_arm(arm: Arm, manifest: Path, data_root: Path | None, splits: Seque
     stamp = checkpoint.stat().st_mtime_ns
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("checkpoint_mtime_ns") == stamp and set(splits) <= set(cached["dice"]):
+        fresh = cached.get("checkpoint_mtime_ns") == stamp and set(splits) <= set(cached["dice"])
+        if fresh and all(isinstance(cached["dice"][s], dict) for s in splits):  # older caches: scores without IDs
             return {s: cached["dice"][s] for s in splits}
     dice = evaluate_checkpoint(checkpoint, manifest, data_root, splits, fold=arm.fold)
     atomic_write_text(cache, json.dumps({"checkpoint_mtime_ns": stamp, "dice": dice}, indent=1) + "\n")
