@@ -190,28 +190,42 @@ def transfer_from_source(model: torch.nn.Module, config: SegmentationConfig) -> 
     return f"{text}\n{warning}" if warning else text
 
 
+def _gained_channels(reason: str) -> bool:
+    """Whether a :class:`~vol_transfer.transfer.adapt.TransferReport` reason ("input channels 1 → 2 …") adds channels."""
+    import re
+
+    match = re.search(r"(\d+) → (\d+)", reason)
+    return bool(match) and int(match.group(2)) > int(match.group(1))
+
+
 def frozen_adaptation_warning(adapted: dict[str, str], config: SegmentationConfig) -> str | None:
     """A warning when a channel-adapted first convolution is frozen from the start.
 
     ``repeat`` and ``mean`` give every input channel the same kernels, so a frozen first layer sees
     only the channels' sum: the network can never use their difference (T2 against T1 is where
-    tumour contrast lies). Measured on BraTS 2018 T1+T2 (issue 13): model 1 reached Dice 0.14–0.18
-    where plain fine-tuning reached 0.45–0.49 at the same iteration.
+    tumour contrast lies); ``first`` gives the new channels zero kernels, which a frozen layer keeps at
+    zero. Measured on BraTS 2018 T1+T2 (issue 13): model 1 reached Dice 0.14–0.18 where plain
+    fine-tuning reached 0.45–0.49 at the same iteration.
     """
     from vol_transfer.transfer.freezing import FreezingSchedule
 
-    if not adapted or config.transfer.channel_adaptation not in ("repeat", "mean"):
+    adaptation = config.transfer.channel_adaptation
+    if not adapted or adaptation not in ("repeat", "mean", "first"):
         return None
     from vol_transfer.transfer.groups import group_of
 
     groups = config.network.layer_groups()
     frozen_first = FreezingSchedule.from_spec(config.transfer.freezing, list(groups)).frozen_at(0)
+    if adaptation == "first":  # only tensors that gained channels have zero kernels
+        adapted = {name: why for name, why in adapted.items() if _gained_channels(why)}
     adapted_groups = sorted({group_of(name, groups) for name in adapted} & set(frozen_first))
     if not adapted_groups:
         return None
-    return (f"warning: {', '.join(adapted_groups)} was adapted to {config.transfer.channel_adaptation!r} input channels and "
-            "is frozen: every channel goes through the same kernels, so the network sees only their sum — "
-            "leave it trainable (e.g. transfer.freezing.kind: none, or a later group first) or use channel_adaptation: first")
+    seen = ("the channels the source lacked start at zero kernels and stay zero, so the network ignores them"
+            if adaptation == "first" else
+            "every channel goes through the same kernels, so the network sees only their sum")
+    return (f"warning: {', '.join(adapted_groups)} was adapted to the input channels by {adaptation!r} and is frozen: "
+            f"{seen} — leave it trainable (e.g. transfer.freezing.kind: none, or freeze a later group first)")
 
 
 # --------------------------------------------------------------------------------------------
