@@ -77,7 +77,8 @@ def test_segmentation_recipe_errors_name_the_key(tmp_path, patch, key, words):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")
                                     if p.name.startswith(("hippocampus", "brats"))
-                                    and not any(word in p.name for word in ("ablation", "dataset_size"))))
+                                    and not any(word in p.name for word in ("ablation", "dataset_size",
+                                                                            "channel_adaptation"))))
 def test_shipped_recipes_resolve(name):
     task, config = resolve_recipe(RECIPES / name)
     assert task == "segmentation"
