@@ -81,7 +81,7 @@ def test_tiny_run_on_cpu_fills_every_section(dataset, tmp_path):
             _positive(inference["ratios"], f"{tag}/monai_{where}_over_ours_predict",
                       f"{tag}/monai_{where}_over_ours_end_to_end")
     _positive(inference["rows"]["ours/cli"], "wall_s", "end_to_end_s")
-    assert inference["volume_shape"] == [2, 64, 64, 48]  # the cropped real case
+    assert inference["volume_shape"] == [2, 32, 32, 32]  # the cropped real case
 
     hippocampus = data["hippocampus"]["rows"]["slice"]
     assert "error" not in hippocampus, hippocampus
