@@ -175,7 +175,7 @@ def test_frozen_adapted_stem_is_warned_about_for_a_monai_network(tmp_path):
         data["network"] = {"name": "monai.SegResNet", "options": TINY["monai.SegResNet"]}
         return from_dict(get_task("segmentation").config_cls, data)
 
-    adapted = {"convInit.conv.weight": "input channels 1 → 2 by 'mean'"}
+    adapted = {"convInit.conv.weight": (1, 2)}
     assert "stem" in frozen_adaptation_warning(adapted, config({"kind": "freeze_first", "k": 1}))
     assert frozen_adaptation_warning(adapted, config({"kind": "phases", "phases": {0: ["enc1"]}})) is None
 

@@ -192,11 +192,11 @@ def test_freezing_a_channel_adapted_first_convolution_is_warned_about(tmp_path):
                                                            "freezing": freezing})
         return from_dict(SegmentationConfig, recipe)
 
-    adapted = {"conv_0.conv.weight": "input channels 1 → 2 by 'mean'"}
+    adapted = {"conv_0.conv.weight": (1, 2)}
     warning = frozen_adaptation_warning(adapted, config({"kind": "freeze_first", "k": 1}))
     assert "conv_0" in warning and "sum" in warning
     assert frozen_adaptation_warning(adapted, config({"kind": "none"})) is None
     assert "ignores them" in frozen_adaptation_warning(adapted, config({"kind": "freeze_first", "k": 1}, "first"))
-    fewer = {"conv_0.conv.weight": "input channels 4 → 2 by 'first'"}  # nothing new to ignore
+    fewer = {"conv_0.conv.weight": (4, 2)}  # nothing new to ignore
     assert frozen_adaptation_warning(fewer, config({"kind": "freeze_first", "k": 1}, "first")) is None
     assert frozen_adaptation_warning({}, config({"kind": "freeze_first", "k": 1})) is None

@@ -86,6 +86,7 @@ def test_hippocampus_model_into_flair_t1c_tumour_core_model(shared_data, tmp_pat
     fresh_head = target.conv_2.conv.weight.clone()
     report = transfer_weights(target, load_checkpoint(path), channels="repeat")
     assert list(report.adapted) == ["conv_0.conv.weight"]
+    assert report.channel_changes == {"conv_0.conv.weight": (1, BRATS_TC["in_channels"])}
     assert set(report.reinitialised) == {
         "conv_2.conv.weight", "conv_2.bn.weight", "conv_2.bn.bias", "conv_2.bn.running_mean", "conv_2.bn.running_var"
     }

@@ -186,20 +186,15 @@ def transfer_from_source(model: torch.nn.Module, config: SegmentationConfig) -> 
     source = load_checkpoint(config.transfer.source)
     report = transfer_weights(model, source, channels=config.transfer.channel_adaptation, head="auto")
     text = f"transfer from {config.transfer.source}:\n{report}"
-    warning = frozen_adaptation_warning(report.adapted, config)
+    warning = frozen_adaptation_warning(report.channel_changes, config)
     return f"{text}\n{warning}" if warning else text
 
 
-def _gained_channels(reason: str) -> bool:
-    """Whether a :class:`~vol_transfer.transfer.adapt.TransferReport` reason ("input channels 1 → 2 …") adds channels."""
-    import re
-
-    match = re.search(r"(\d+) → (\d+)", reason)
-    return bool(match) and int(match.group(2)) > int(match.group(1))
-
-
-def frozen_adaptation_warning(adapted: dict[str, str], config: SegmentationConfig) -> str | None:
+def frozen_adaptation_warning(channel_changes: dict[str, tuple[int, int]], config: SegmentationConfig) -> str | None:
     """A warning when a channel-adapted first convolution is frozen from the start.
+
+    ``channel_changes``: tensor name → (source, target) input channels, as
+    :class:`~vol_transfer.transfer.adapt.TransferReport` records them.
 
     ``repeat`` and ``mean`` give every input channel the same kernels, so a frozen first layer sees
     only the channels' sum: the network can never use their difference (T2 against T1 is where
@@ -210,14 +205,14 @@ def frozen_adaptation_warning(adapted: dict[str, str], config: SegmentationConfi
     from vol_transfer.transfer.freezing import FreezingSchedule
 
     adaptation = config.transfer.channel_adaptation
-    if not adapted or adaptation not in ("repeat", "mean", "first"):
+    if not channel_changes or adaptation not in ("repeat", "mean", "first"):
         return None
     from vol_transfer.transfer.groups import group_of
 
     groups = config.network.layer_groups()
     frozen_first = FreezingSchedule.from_spec(config.transfer.freezing, list(groups)).frozen_at(0)
-    if adaptation == "first":  # only tensors that gained channels have zero kernels
-        adapted = {name: why for name, why in adapted.items() if _gained_channels(why)}
+    adapted = [name for name, (old, new) in channel_changes.items()
+               if adaptation != "first" or new > old]  # with `first`, only gained channels have zero kernels
     adapted_groups = sorted({group_of(name, groups) for name in adapted} & set(frozen_first))
     if not adapted_groups:
         return None

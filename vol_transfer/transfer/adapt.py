@@ -72,6 +72,7 @@ class TransferReport:
 
     copied: list[str] = field(default_factory=list)
     adapted: dict[str, str] = field(default_factory=dict)
+    channel_changes: dict[str, tuple[int, int]] = field(default_factory=dict)  # adapted: (source, target) inputs
     reinitialised: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
@@ -187,6 +188,7 @@ def transfer_weights(
                 continue
             new_state[name] = adapt_input_channels(value, new, channels).to(dtype=target.dtype)
             report.adapted[name] = f"input channels {old} → {new} by {channels!r}"
+            report.channel_changes[name] = (old, new)
         else:
             problems.append(f"{name} has shape {tuple(value.shape)}, the model needs {tuple(target.shape)}")
             shapes.append((tuple(value.shape), tuple(target.shape)))
