@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from vol_transfer.io.data_root import resolve_data_root
-from vol_transfer.io.volumes import Volume, load_channels
+from vol_transfer.io.case import load_image
+from vol_transfer.io.volumes import Volume
 from vol_transfer.preprocessing.intensity import border_background, foreground_mask, zscore
 from vol_transfer.preprocessing.pipeline import Preprocessor
 from vol_transfer.preprocessing.spatial import plan_foreground_crop, plan_reorientation, plan_resampling
@@ -52,8 +53,8 @@ def timed(function: Callable[[], object], repeats: int) -> tuple[float, object]:
 
 def brats_volumes(root: Path) -> list[Volume]:
     folder = root / "brats2015_flair_t1c"
-    return [load_channels([folder / c / "Flair_subtrMeanDivStd.nii.gz", folder / c / "T1c_subtrMeanDivStd.nii.gz"])
-            for c in BRATS_CASES]
+    return [load_image({"flair": folder / c / "Flair_subtrMeanDivStd.nii.gz",
+                        "t1c": folder / c / "T1c_subtrMeanDivStd.nii.gz"}) for c in BRATS_CASES]
 
 
 def main() -> int:

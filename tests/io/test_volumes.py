@@ -13,11 +13,11 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from vol_transfer.errors import InputDataError, OutputExistsError
+from vol_transfer.io.case import load_image
 from vol_transfer.io.volumes import (
     Volume,
     check_same_grid,
     itk_geometry_to_affine,
-    load_channels,
     load_label,
     load_volume,
     save_volume,
@@ -64,8 +64,7 @@ def test_every_hippocampus_pair_loads_on_one_grid(dataset) -> None:
 
 def test_brats_channels_stack_with_lps_geometry(dataset) -> None:
     case = dataset(BRATS_CASE)
-    volume = load_channels([case / "Flair_subtrMeanDivStd.nii.gz", case / "T1c_subtrMeanDivStd.nii.gz"],
-                           names=("flair", "t1c"))
+    volume = load_image({"flair": case / "Flair_subtrMeanDivStd.nii.gz", "t1c": case / "T1c_subtrMeanDivStd.nii.gz"})
     assert volume.array.shape == (2, 240, 240, 155) and volume.array.dtype == np.float32
     assert volume.axcodes == ("L", "P", "S") and volume.channel_names == ("flair", "t1c")
     flair = nib.load(str(case / "Flair_subtrMeanDivStd.nii.gz"))
@@ -76,7 +75,7 @@ def test_brats_channels_stack_with_lps_geometry(dataset) -> None:
 def test_four_modality_brats2023_stacks(dataset) -> None:
     root = dataset("brats2023_4mod_nolabel")
     paths = [root / f"BraTS-GLI-00001-000-{m}.nii.gz" for m in ("t1c", "t1n", "t2f", "t2w")]
-    volume = load_channels(paths, names=("t1c", "t1n", "t2f", "t2w"))
+    volume = load_image(dict(zip(("t1c", "t1n", "t2f", "t2w"), paths)))
     assert volume.array.shape == (4, 240, 240, 155)
     assert [int(volume.array[c].max()) for c in range(4)] == [15462, 2921, 3119, 3689]  # README facts
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vol_transfer.errors import RecipeError
-from vol_transfer.io.volumes import Volume, load_channels, load_volume, save_volume
+from vol_transfer.io.case import load_image
+from vol_transfer.io.volumes import Volume, load_volume, save_volume
 from vol_transfer.preprocessing.pipeline import Preprocessor
 
 FULL_SPEC = {
@@ -126,7 +127,7 @@ def _check_round_trip(image: Volume, label: Volume, spec: dict):
 
 def test_round_trip_on_lps_brats(dataset, tmp_path):
     case = dataset("brats2015_flair_t1c") / "validation" / "brats_2013_pat0003_1"
-    image = load_channels([case / "Flair_subtrMeanDivStd.nii.gz", case / "T1c_subtrMeanDivStd.nii.gz"])
+    image = load_image({"flair": case / "Flair_subtrMeanDivStd.nii.gz", "t1c": case / "T1c_subtrMeanDivStd.nii.gz"})
     label = load_volume(case / "OTMultiClass.nii.gz")
     assert image.axcodes == ("L", "P", "S")
     spec = dict(FULL_SPEC, min_size=[150, 300, 150])

@@ -4,11 +4,13 @@ NIfTI (.nii, .nii.gz) is read with nibabel; MHA/NRRD/NRRD-like files with Simple
 the file, the array is ``(C, X, Y, Z)`` in the file's voxel order and ``affine`` maps voxel
 indices to RAS+ world millimetres (nibabel's convention), so one affine serves both readers.
 
+One file per channel is stacked into a case's image by :func:`vol_transfer.io.case.load_image`.
+
 Example (needs image files, so not run here)::
 
-    flair_t1c = load_channels(["Flair.nii.gz", "T1c.nii.gz"])
-    flair_t1c.array.shape, flair_t1c.axcodes   # ((2, 240, 240, 155), ('L', 'P', 'S'))
-    save_volume(prediction, "seg.nii.gz", reference=flair_t1c)
+    flair = load_volume("Flair.nii.gz")
+    flair.array.shape, flair.axcodes   # ((1, 240, 240, 155), ('L', 'P', 'S'))
+    save_volume(prediction, "seg.nii.gz", reference=flair)
 """
 
 from __future__ import annotations
@@ -300,25 +302,6 @@ def check_same_grid(reference: Volume, other: Volume, what: str = "image") -> No
             f"{what} affine differs from {reference.name} by up to {worst:.4g} mm",
             "resample or re-register so both share one affine",
         )
-
-
-def load_channels(
-    paths: Sequence[PathLike], *, names: Sequence[str] = (), dtype: np.dtype | type | None = np.float32
-) -> Volume:
-    """Stack one file per channel into a multi-channel :class:`Volume`, checking the grids agree."""
-    if not paths:
-        raise InputDataError("<channels>", "no channel files given", "list at least one image file")
-    volumes = [load_volume(p, dtype=dtype) for p in paths]
-    for other in volumes[1:]:
-        check_same_grid(volumes[0], other, "channel")
-    array = np.concatenate([v.array for v in volumes], axis=0)
-    return Volume(
-        array=array,
-        affine=volumes[0].affine,
-        paths=tuple(v.paths[0] for v in volumes),
-        header=volumes[0].header,
-        channel_names=tuple(names),
-    )
 
 
 def load_label(path: PathLike, reference: Volume | None = None) -> Volume:
