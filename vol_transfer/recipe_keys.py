@@ -143,6 +143,7 @@ MEANINGS: dict[str, str] = {
     # study
     "StudyConfig.kind": "freezing ablation, or training-set-size study",
     "StudyConfig.arms": "arms: scratch, model_1 … model_5, or {name, set: [overrides]}",
+    "StudyConfig.only": "train and report only these arms, by name, in this order",
     "StudyConfig.seeds": "each arm is trained once per seed",
     "StudyConfig.folds": "cross-validation folds; each arm once per fold",
     "StudyConfig.subset_seed": "seed of the nested training subsets",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from vol_transfer.errors import RecipeError
-from vol_transfer.recipes import from_dict
+from vol_transfer.recipes import from_dict, resolve_recipe
 from vol_transfer.studies import runner
-from vol_transfer.studies.plan import StudyConfig, arm_overrides, plan_study
+from vol_transfer.studies.plan import StudyConfig, arm_overrides, arm_recipes, plan_study
 
 MANIFEST_ROWS = [
     ("subject_id", "split", "image", "label"),
@@ -141,3 +141,32 @@ def test_a_custom_arm_recipe_on_another_manifest_is_refused_before_training(tmp_
     with pytest.raises(RecipeError, match="pair case by case"):
         runner.run_study(config, tmp_path / "study", report_only=True)
     assert not (tmp_path / "study" / "arms").exists()
+
+
+def test_only_selects_named_arms_custom_ones_included_in_its_order(tmp_path: Path) -> None:
+    custom = {"name": "other_source", "recipe": "other.yaml", "set": ["validation.every=300"]}
+    config = _config(arms=["scratch", "model_1", custom], only=["other_source", "scratch"], seeds=[0])
+    plan = plan_study(config, tmp_path, None)
+    assert [arm.name for arm in plan.arms] == ["other_source", "scratch"]
+    assert plan.arms[0].recipe == Path("other.yaml") and "validation.every=300" in plan.arms[0].overrides
+    assert arm_recipes(config) == [Path("r.yaml"), Path("other.yaml")]
+
+
+def test_only_names_an_arm_the_study_lacks_is_a_recipe_error() -> None:
+    with pytest.raises(RecipeError, match="no arm named 'model_9'"):
+        _config(arms=["scratch", "model_1"], only=["model_9"])
+    with pytest.raises(RecipeError, match="repeat"):
+        _config(arms=["scratch", "model_1"], only=["scratch", "scratch"])
+
+
+def test_a_shipped_recipes_custom_arms_are_selected_from_the_command_line(monkeypatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # shipped recipes name paths relative to the project root
+    _, config = resolve_recipe("recipes/brats18_freeze_ablation_cpu.yaml", ["only=[scratch,li2017_finetune]"],
+                               command="study")
+    plan = plan_study(config, Path("runs/x"), None)
+    li = [arm for arm in plan.arms if arm.name == "li2017_finetune"]
+    assert {arm.name for arm in plan.arms} == {"scratch", "li2017_finetune"} and len(li) == 2
+    assert li[0].recipe == Path("recipes/brats18_tc_li2017_finetune_cpu.yaml")
+    with pytest.raises(RecipeError, match="only=") as error:  # naming a custom arm in arms= loses its definition
+        resolve_recipe("recipes/brats18_freeze_ablation_cpu.yaml", ["arms=[li2017_finetune]"], command="study")
+    assert "unknown arm 'li2017_finetune'" in str(error.value)

@@ -11,7 +11,9 @@ A study recipe (``task: study``) names one target recipe (the fine-tuning recipe
 
 Any other arm is given as ``{name: ..., set: [key=value, ...]}``, optionally with its own target
 recipe (``recipe: recipes/….yaml``, e.g. a second transfer source whose network or preprocessing
-differs). A ``dataset_size`` study trains
+differs). ``only: [names]`` trains and reports a subset of the arms, by name, in that order
+(``--set 'only=[scratch,li2017_finetune]'`` re-runs two arms of a recipe, custom ones included).
+A ``dataset_size`` study trains
 every arm on each nested subset S1 ⊂ S2 ⊂ … of the training split (written as subset manifests).
 
 Example:
@@ -19,6 +21,10 @@ Example:
     ['transfer.freezing.kind=freeze_first', 'transfer.freezing.k=3']
     >>> arm_overrides("scratch")
     ['transfer.source=null', 'transfer.channel_adaptation=null', 'transfer.freezing={kind: none}']
+    >>> config = StudyConfig("freeze_ablation", Path("r.yaml"), arms=["scratch", "model_1", CustomArm("other")],
+    ...                      only=["other", "scratch"])
+    >>> [arm_name(arm) for arm in selected_arms(config)]
+    ['other', 'scratch']
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Literal, Optional, Union
 from vol_transfer.errors import RecipeError
 from vol_transfer.io.atomic import atomic_path, atomic_write_text
 from vol_transfer.nets.highres3dnet import HighRes3DNet
-from vol_transfer.recipes import option, register_task
+from vol_transfer.recipes import closest, option, register_task
 from vol_transfer.studies.executors import ClusterSection
 from vol_transfer.studies.subsets import nested_subsets
 
@@ -58,6 +64,7 @@ class StudyConfig:
     kind: Literal["freeze_ablation", "dataset_size"]
     recipe: Path  # the target (fine-tuning) recipe every arm starts from
     arms: list[Union[str, CustomArm]] = option(list(DEFAULT_ABLATION_ARMS), min_len=1)
+    only: Optional[list[str]] = option(None, min_len=1)  # train and report just these arms (names), in this order
     seeds: list[int] = option([0], min_len=1)
     # cross-validation: every arm is trained once per fold (data.fold=k), for a fixed budget (validation.select=last),
     # and scored on its held-out fold; the pooled held-out Dice covers every case of the manifest's folds
@@ -77,12 +84,30 @@ class StudyConfig:
             raise RecipeError(f"{where}.subsets" if where else "subsets", "a dataset_size study needs subsets",
                               "list sizes, e.g. subsets: [26, 52, 79, 105] or [0.25, 0.5, 0.75, 1.0]")
         for arm in self.arms:
-            name = arm.name if isinstance(arm, CustomArm) else arm
             if not isinstance(arm, CustomArm):
-                arm_overrides(name)  # raises for unknown names
-        names = [a.name if isinstance(a, CustomArm) else a for a in self.arms]
+                arm_overrides(arm)  # raises for unknown names
+        names = [arm_name(a) for a in self.arms]
         if len(set(names)) != len(names):
             raise RecipeError("arms", f"arm names repeat: {names}", "give every arm a distinct name")
+        for name in self.only or []:
+            if name not in names:
+                raise RecipeError("only", f"no arm named {name!r} in this study",
+                                  f"{closest(name, names)}pick from the recipe's arms: {', '.join(names)}")
+        if self.only and len(set(self.only)) != len(self.only):
+            raise RecipeError("only", f"arm names repeat: {self.only}", "name each arm once")
+
+
+def arm_name(arm: Union[str, CustomArm]) -> str:
+    """The name an arm is listed, selected (``only``) and reported by."""
+    return arm.name if isinstance(arm, CustomArm) else arm
+
+
+def selected_arms(config: StudyConfig) -> list[Union[str, CustomArm]]:
+    """The arms a study trains: all of ``arms``, or those ``only`` names, in its order."""
+    if not config.only:
+        return list(config.arms)
+    by_name = {arm_name(arm): arm for arm in config.arms}
+    return [by_name[name] for name in config.only]
 
 
 HIGHRES3DNET_GROUPS = tuple(HighRes3DNet.layer_groups)  # the study's network: conv_0, res_1, … conv_2
@@ -107,7 +132,8 @@ def arm_overrides(name: str) -> list[str]:
         return [NO_FREEZING, f"transfer.lr_decay={float(match.group(1))}"]
     raise RecipeError(
         "arms", f"unknown arm {name!r}",
-        "use scratch, finetune, model_K, gradual_K_ITER, discriminative_F, or {name: ..., set: [key=value]}",
+        "use scratch, finetune, model_K, gradual_K_ITER, discriminative_F, or {name: ..., set: [key=value]}; "
+        "to run some of a recipe's named arms, keep its arms and set only=[NAME, ...]",
     )
 
 
@@ -196,7 +222,7 @@ class StudyPlan:
 
 def _arm_list(config: StudyConfig) -> list[tuple[str, list[str], Path | None]]:
     out = []
-    for arm in config.arms:
+    for arm in selected_arms(config):
         if isinstance(arm, CustomArm):
             out.append((arm.name, list(arm.set), arm.recipe))
         else:
@@ -207,7 +233,7 @@ def _arm_list(config: StudyConfig) -> list[tuple[str, list[str], Path | None]]:
 def arm_recipes(config: StudyConfig) -> list[Path]:
     """The distinct target recipes of a study's arms, the study's own first."""
     recipes = [Path(config.recipe)]
-    for arm in config.arms:
+    for arm in selected_arms(config):
         if isinstance(arm, CustomArm) and arm.recipe is not None and Path(arm.recipe) not in recipes:
             recipes.append(Path(arm.recipe))
     return recipes
