@@ -59,6 +59,7 @@ MEANINGS: dict[str, str] = {
     "AugmentationSection.bias_field": "random smooth bias field of this strength; null: off",
     "TransferSection.source": "checkpoint to start from (null: random initialisation)",
     "TransferSection.channel_adaptation": "how first-layer weights meet another input-channel count",
+    "TransferSection.weight_scale": "init: rescale the source's convolutions to He size, same function (HighRes3DNet)",
     "TransferSection.freezing": "which layer groups are frozen when (see kind)",
     "ScheduleSection.kind": "learning-rate schedule over the run",
     "ScheduleSection.warmup_iterations": "linear warm-up from 0 over this many iterations",

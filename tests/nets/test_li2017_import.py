@@ -85,3 +85,22 @@ def test_li2017_weights_as_a_transfer_source_for_two_channel_tumour_core(li_stat
 def test_a_state_dict_of_another_layout_is_refused_naming_the_keys():
     with pytest.raises(CheckpointError, match="block.9"):
         li2017_to_ours({"block.0.convolutional_block.1.weight": torch.zeros(1), "block.9.foo.weight": torch.zeros(1)})
+
+
+@pytest.mark.slow
+def test_rescaled_li2017_network_still_parcellates_the_same_with_weights_at_he_size(li_state, t1_crop):
+    """transfer.weight_scale: init on the real weights (20–30x He size): same labels, He-sized convolutions."""
+    from vol_transfer.transfer.rescale import he_std, rescale_to_init
+
+    net = _ours(li_state)
+    brain = t1_crop[0, 0] != 0
+    with torch.no_grad():
+        before = net(t1_crop).argmax(1)[0]
+        report = rescale_to_init(net)
+        after = net(t1_crop).argmax(1)[0]
+    agreement = float((before == after)[brain].float().mean())
+    assert agreement > 0.95, agreement  # not 1: BatchNorm's ε meets a few low-variance channels of the smaller stream
+    assert 0.02 < report.stream < 0.05
+    ratios = [float(m.weight.pow(2).mean().sqrt()) / he_std(m.weight)
+              for name, m in net.named_modules() if isinstance(m, torch.nn.Conv3d) and not name.startswith("conv_2")]
+    assert max(ratios) < 3 and min(ratios) > 0.3, (min(ratios), max(ratios))

@@ -186,6 +186,10 @@ def transfer_from_source(model: torch.nn.Module, config: SegmentationConfig) -> 
     source = load_checkpoint(config.transfer.source)
     report = transfer_weights(model, source, channels=config.transfer.channel_adaptation, head="auto")
     text = f"transfer from {config.transfer.source}:\n{report}"
+    if config.transfer.weight_scale == "init":
+        from vol_transfer.transfer.rescale import rescale_to_init
+
+        text += "\n" + rescale_to_init(model).summary()
     warning = frozen_adaptation_warning(report.channel_changes, config)
     return f"{text}\n{warning}" if warning else text
 

@@ -95,6 +95,9 @@ class TransferSection:
     freezing: FreezingSpec = field(default_factory=NoFreezing)
     lr_multipliers: Optional[dict[str, float]] = option(None, ge=0)  # per layer group
     lr_decay: Optional[float] = option(None, gt=0, le=1)  # geometric per group toward the input
+    # init: bring the source's convolutions to He size, same function (vol_transfer.transfer.rescale) — Adam
+    # moves a weight by ~lr per step, so weights 25x their initial size (Li et al. 2017) learn 25x slower
+    weight_scale: Literal["keep", "init"] = "keep"
 
     def validate(self, where: str) -> None:
         if self.lr_multipliers is not None and self.lr_decay is not None:
@@ -196,6 +199,9 @@ class SegmentationConfig:
 
     def validate(self, where: str) -> None:
         self.transfer.check_groups(self.network.layer_group_names(), _key(where, "transfer"))
+        if self.transfer.weight_scale == "init" and not isinstance(self.network, HighRes3DNetSpec):
+            raise RecipeError(_key(where, "transfer.weight_scale"), "'init' knows only HighRes3DNet's layout",
+                              "use network.name: highres3dnet, or weight_scale: keep")
         classes = self.class_names()
         if classes is None:
             raise RecipeError(_key(where, "data.classes"), "class names are unknown",
