@@ -91,3 +91,14 @@ class TrainingInterrupted(VolTransferError):
         self.iteration = iteration
         super().__init__(checkpoint, f"saved at iteration {iteration} after {signal.Signals(signum).name}",
                          "rerun the same command with --resume to continue from there")
+
+
+class StudyInterrupted(VolTransferError):
+    """A study stopped by SIGTERM or SIGINT: its running arms were told to stop and saved ``last.pt``."""
+
+    def __init__(self, folder: PathLike, signum: int) -> None:
+        import signal
+
+        self.exit_code = 128 + signum
+        super().__init__(folder, f"interrupted by {signal.Signals(signum).name}: the running arms saved their last "
+                                 "checkpoint, the others did not start", "rerun the same command to resume")

@@ -110,11 +110,16 @@ def test_finished_arms_are_not_retrained_and_interrupted_ones_resume(tmp_path: P
     (interrupted.run_dir / "checkpoints/last.pt").write_bytes(b"x")
     calls = []
 
-    def fake_call(command, **kwargs):
-        calls.append(command)
-        return 0
+    class FakeProcess:
+        pid = -1
 
-    monkeypatch.setattr(runner.subprocess, "call", fake_call)
+        def __init__(self, command, **kwargs):
+            calls.append(command)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(runner.subprocess, "Popen", FakeProcess)
     failed = runner.train_arms(plan, Path("r.yaml"), None, parallel=2, echo=lambda *_: None)
     assert failed == []
     run_dirs = sorted(c[c.index("--run-dir") + 1] for c in calls)
@@ -170,3 +175,46 @@ def test_a_shipped_recipes_custom_arms_are_selected_from_the_command_line(monkey
     with pytest.raises(RecipeError, match="only=") as error:  # naming a custom arm in arms= loses its definition
         resolve_recipe("recipes/brats18_freeze_ablation_cpu.yaml", ["arms=[li2017_finetune]"], command="study")
     assert "unknown arm 'li2017_finetune'" in str(error.value)
+
+
+STOPPABLE_ARM = """
+import pathlib, signal, sys, time
+run_dir = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    (run_dir / "stopped").write_text(str(signum))
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+(run_dir / "started").write_text("")
+time.sleep(60)
+"""
+
+
+def test_a_signal_to_the_study_stops_its_running_arms_and_starts_no_more(tmp_path: Path, monkeypatch) -> None:
+    """`kill STUDY_PID` reaches the arms (each saves last.pt on SIGTERM) instead of leaving them orphaned."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    from vol_transfer.errors import StudyInterrupted
+
+    plan = plan_study(_config(arms=["scratch", "model_1", "model_2"]), tmp_path, None)
+    monkeypatch.setattr(runner, "arm_command", lambda arm, recipe, root: [sys.executable, "-c", STOPPABLE_ARM,
+                                                                          str(arm.run_dir)])
+
+    def signal_when_two_run() -> None:
+        deadline = time.monotonic() + 30
+        while sum((a.run_dir / "started").exists() for a in plan.arms) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_when_two_run, daemon=True).start()
+    with pytest.raises(StudyInterrupted, match="rerun the same command") as error:
+        runner.train_arms(plan, Path("r.yaml"), None, parallel=2, echo=lambda *_: None)
+    assert error.value.exit_code == 128 + signal.SIGTERM
+    first, second, third = plan.arms
+    assert (first.run_dir / "stopped").read_text() == str(int(signal.SIGTERM))
+    assert (second.run_dir / "stopped").read_text() == str(int(signal.SIGTERM))
+    assert not third.run_dir.exists()  # never started
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -17,14 +17,16 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from vol_transfer.errors import InputDataError, RecipeError
+from vol_transfer.errors import InputDataError, RecipeError, StudyInterrupted
 from vol_transfer.io.atomic import atomic_write_text
 from vol_transfer.recipes import resolve_recipe
 from vol_transfer.studies.cross_validation import HELD_OUT, comparison_table, pool_folds
@@ -33,6 +35,7 @@ from vol_transfer.studies.hparams import write_arm_hparams
 from vol_transfer.studies.progress import watch_arms
 from vol_transfer.studies.report import write_report
 from vol_transfer.studies.results import ArmResult, CurvePoint
+from vol_transfer.training.interruption import StopOnSignal
 
 SUMMARY = "summary.json"
 # The published numbers (REFERENCE.md §1), printed beside ours for comparison.
@@ -88,7 +91,42 @@ def write_commands(plan: StudyPlan, recipe: Path, data_root: Path | None) -> Pat
     return path
 
 
-def _train_arm(arm: Arm, recipe: Path, data_root: Path | None) -> tuple[Arm, int]:
+class ArmProcesses:
+    """The arms' training processes, so that a stop signal to the study reaches them.
+
+    ``kill STUDY_PID`` reaches only the study; without this its arms would train on, orphaned. Each
+    arm told to stop finishes its step, writes ``last.pt`` and exits; arms not started yet do not start.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen] = set()
+        self.stopped = False
+
+    def run(self, command: list[str], **options) -> int | None:
+        """Run ``command`` to its end → its exit code; None when the study was stopped before it started."""
+        with self._lock:
+            if self.stopped:
+                return None
+            process = subprocess.Popen(command, **options)
+            self._live.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                self._live.discard(process)
+
+    def stop(self, signum: int) -> None:
+        """Tell every running arm to stop (SIGTERM: checkpoint and exit) and start no more."""
+        with self._lock:
+            self.stopped = True
+            for process in self._live:
+                os.kill(process.pid, signal.SIGTERM)  # SIGTERM whatever came: a second SIGINT would end an arm at once
+
+
+def _train_arm(arm: Arm, recipe: Path, data_root: Path | None, processes: ArmProcesses) -> tuple[Arm, int | None]:
+    if processes.stopped:
+        return arm, None
     arm.run_dir.mkdir(parents=True, exist_ok=True)
     command = arm_command(arm, recipe, data_root) + ["--no-progress"]
     with open(arm.run_dir / "train.log", "a") as log:
@@ -96,7 +134,7 @@ def _train_arm(arm: Arm, recipe: Path, data_root: Path | None) -> tuple[Arm, int
         log.flush()
         # busy-waiting OpenMP threads of parallel arms starve each other on a shared CPU
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = processes.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return arm, code
 
 
@@ -107,15 +145,21 @@ def train_arms(plan: StudyPlan, recipe: Path, data_root: Path | None, parallel: 
     if done:
         echo(f"{done} of {len(plan.arms)} arms already finished; not rerun")
     failed: list[Arm] = []
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(_train_arm, arm, recipe, data_root): arm for arm in pending}
+    processes = ArmProcesses()
+    with StopOnSignal(on_signal=processes.stop) as stop, ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(_train_arm, arm, recipe, data_root, processes): arm for arm in pending}
         for future, minutes in watch_arms(futures, echo):  # starts, log paths, per-arm progress and ETA
             arm, code = future.result()
+            if code is None:  # stopped before it started
+                continue
             done += 1
-            status = "ok" if code == 0 else f"FAILED (exit {code}, see {arm.run_dir / 'train.log'})"
+            status = ("ok" if code == 0 else "stopped (resumes from last.pt)" if stop.signum is not None
+                      else f"FAILED (exit {code}, see {arm.run_dir / 'train.log'})")
             echo(f"[{done}/{len(plan.arms)}] {arm.label}: {status}  ({minutes:.1f} min)")
             if code != 0:
                 failed.append(arm)
+    if stop.signum is not None:
+        raise StudyInterrupted(plan.folder, stop.signum)
     return failed
 
 

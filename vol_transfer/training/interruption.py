@@ -20,7 +20,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -31,9 +31,10 @@ class StopOnSignal:
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Optional[Callable[[int], None]] = None) -> None:
         self.signum: Optional[int] = None
         self._previous: dict[int, Any] = {}
+        self._on_signal = on_signal  # also called (in the main thread) with the first signal
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -42,9 +43,12 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.signum is None:
+        first = self.signum is None
+        if first:
             self.signum = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        if first and self._on_signal is not None:
+            self._on_signal(signum)
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
