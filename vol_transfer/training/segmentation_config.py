@@ -87,7 +87,8 @@ class TransferSection:
     ``freezing`` is a :mod:`vol_transfer.transfer.freezing_spec` spec, e.g. ``{kind: freeze_first,
     k: 2}`` (the study's model 2), ``{kind: warmup, iterations: 200}``, ``{kind: gradual, every:
     500}`` or ``{kind: phases, phases: {0: [conv_0], 1000: []}}``, each with an optional
-    ``bn_policy: update | freeze``.
+    ``bn_policy: update | freeze``. ``weight_scale: init`` brings a HighRes3DNet source's convolutions
+    to He-initialisation size without changing its function (:mod:`vol_transfer.transfer.rescale`).
     """
 
     source: Optional[Path] = None
