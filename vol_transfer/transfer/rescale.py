@@ -42,13 +42,14 @@ from vol_transfer.nets.highres3dnet import HighRes3DNet
 
 @dataclass
 class RescaleReport:
-    """The factor applied to each convolution (name → factor) and to the residual stream."""
+    """The factor of each BN-followed convolution (name → factor) and the one factor of the residual stream
+    (conv_0's BN affine and every conv2)."""
 
     factors: dict[str, float] = field(default_factory=dict)
     stream: float = 1.0
 
     def summary(self) -> str:
-        free = [v for k, v in self.factors.items() if not k.endswith("conv2.weight")]
+        free = self.factors.values()
         return (f"weights rescaled to He-initialisation size (transfer.weight_scale: init), same function up to BN ε: "
                 f"BN-followed convolutions ×{min(free):.3g}–{max(free):.3g}, residual stream "
                 f"(conv_0's BN affine and every conv2) ×{self.stream:.3g}")
@@ -92,10 +93,9 @@ def rescale_to_init(model: nn.Module) -> RescaleReport:
     stream = math.exp(sum(math.log(he_std(b.conv2.weight) / _rms(b.conv2.weight)) for _, b in blocks) / len(blocks))
     model.conv_0.bn.weight.mul_(stream)  # ReLU/PReLU are positively homogeneous: conv_0's output scales by it
     model.conv_0.bn.bias.mul_(stream)
-    for name, block in blocks:
+    for _, block in blocks:
         block.conv2.weight.mul_(stream)
         _scale_statistics(block.bn1, stream)
-        report.factors[f"{name}.conv2.weight"] = stream
     scale_free("conv_1.conv.weight", model.conv_1.conv, model.conv_1.bn, input_factor=stream)
     report.stream = stream
     return report
