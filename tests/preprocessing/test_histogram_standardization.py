@@ -37,6 +37,18 @@ def test_bad_or_missing_landmarks_are_one_line_errors():
         HistogramStandardization()(np.ones((4, 4, 4), np.float32))
 
 
+def test_without_torchio_only_a_recipe_that_standardises_histograms_needs_it(monkeypatch):
+    """The README's main job installs no extras: every training run passes learn_landmarks."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchio", None)  # `import torchio` now raises ImportError
+    plain = from_dict(Preprocessor, {"intensity": [{"kind": "zscore"}]})
+    assert learn_landmarks(plain, lambda: iter(())) is plain
+    standardising = from_dict(Preprocessor, {"intensity": [{"kind": "histogram_standardization"}]})
+    with pytest.raises(RecipeError, match=r"needs TorchIO.*\[torchio\]"):
+        learn_landmarks(standardising, lambda: iter(()))
+
+
 @pytest.mark.real_data
 def test_learned_landmarks_bring_real_t1_histograms_onto_one_scale(dataset):
     """Four real MRIs of different intensity scales end up with nearly the same percentile landmarks."""

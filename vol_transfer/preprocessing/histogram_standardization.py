@@ -51,7 +51,8 @@ class HistogramStandardization:
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         import torch
-        import torchio
+
+        torchio = _torchio()
 
         if self.landmarks is None:
             raise RecipeError("preprocessing.intensity", "histogram_standardization has no landmarks yet",
@@ -63,6 +64,16 @@ class HistogramStandardization:
         return np.where(np.asarray(array) > 0, mapped, 0).astype(np.float32)
 
 
+def _torchio():
+    """The torchio module, or a one-line error naming the extra that installs it."""
+    try:
+        import torchio
+    except ImportError:
+        raise RecipeError("preprocessing.intensity", "histogram_standardization needs TorchIO, which is not installed",
+                          'pip install -c constraints.txt -e ".[torchio]"') from None
+    return torchio
+
+
 def learn_landmarks(preprocessor, volumes: Callable[[], Iterable]) -> "object":
     """``preprocessor`` with every empty ``histogram_standardization`` step's landmarks learned.
 
@@ -70,12 +81,12 @@ def learn_landmarks(preprocessor, volumes: Callable[[], Iterable]) -> "object":
     first). Each step learns from the channels it applies to, as they arrive at that step.
     """
     import nibabel as nib
-    import torchio
 
     steps = list(preprocessor.intensity)
     empty = [i for i, step in enumerate(steps) if isinstance(step, HistogramStandardization) and step.landmarks is None]
     if not empty:
-        return preprocessor
+        return preprocessor  # every recipe passes here: TorchIO (an extra) is needed only past this point
+    torchio = _torchio()
     for index in empty:
         before = dataclasses.replace(preprocessor, intensity=steps[:index], spacing=None, min_size=None)
         with tempfile.TemporaryDirectory(prefix="vol_transfer_landmarks_") as folder:
